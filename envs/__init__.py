@@ -1,0 +1,1 @@
+"""Driving backends behind one contract (envs.api): the built-in batched simulator and CARLA."""

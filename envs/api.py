@@ -1,0 +1,223 @@
+"""The one contract every driving backend meets.
+
+A backend holds a batch of ``num_worlds`` independent worlds. It resets them from seeds, steps them with
+CARLA-style controls, and can snapshot and restore any subset of them exactly (built-in simulator) or as
+closely as the engine allows (CARLA, where the drift is measured). The GRPO rollout, the services layer,
+evaluation and the gymnasium adapters are written against this module only.
+
+Conventions shared by every backend:
+
+* Action: ``[throttle in [0, 1], brake in [0, 1], steer in [-1, 1]]`` per world, as ``carla.VehicleControl``;
+  positive steer turns right.
+* Observation: a fixed-size float32 vector per world whose layout is :data:`OBSERVATION_LAYOUT`.
+* Worlds that have terminated or been truncated stay frozen: stepping them again gives reward 0 and the
+  same done flags until they are reset or restored. A branch that ends therefore stops earning reward.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+ACTION_SIZE = 3
+"""throttle, brake, steer."""
+
+ACTION_LOW = (0.0, 0.0, -1.0)
+ACTION_HIGH = (1.0, 1.0, 1.0)
+
+INFRACTIONS = (
+    "collision_pedestrian",
+    "collision_vehicle",
+    "collision_static",
+    "red_light",
+    "off_road",
+    "route_deviation",
+    "blocked",
+    "timeout",
+)
+"""Infraction events a backend reports per step in ``info`` (each a bool tensor of shape [B])."""
+
+
+class BackendError(RuntimeError):
+    """A backend was used in a way its contract forbids; the message says how to fix the call."""
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Names the slices of the flat observation vector, so policies and tests never use magic indices.
+
+    All positions are in the ego frame: x forward, y to the left, metres divided by ``distance_scale``.
+    Speeds are in m/s divided by ``speed_scale``.
+    """
+
+    num_route_points: int = 10
+    route_point_spacing_m: float = 5.0
+    num_vehicles: int = 8
+    num_pedestrians: int = 4
+    distance_scale: float = 50.0
+    speed_scale: float = 10.0
+
+    # Features per slot, in order. Kept here so the vector layout is defined in one place.
+    EGO_FEATURES = ("speed", "throttle", "brake", "steer", "lateral_offset", "sin_heading_error",
+                    "cos_heading_error", "route_remaining")
+    VEHICLE_FEATURES = ("x", "y", "cos_yaw", "sin_yaw", "vx", "vy", "length", "width", "valid")
+    PEDESTRIAN_FEATURES = ("x", "y", "vx", "vy", "valid")
+    LIGHT_FEATURES = ("red", "yellow", "green", "stop_distance", "valid")
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        """Name -> slice of the flat vector: ``ego``, ``route``, ``vehicles``, ``pedestrians``, ``light``."""
+        sizes = {
+            "ego": len(self.EGO_FEATURES),
+            "route": 2 * self.num_route_points,
+            "vehicles": len(self.VEHICLE_FEATURES) * self.num_vehicles,
+            "pedestrians": len(self.PEDESTRIAN_FEATURES) * self.num_pedestrians,
+            "light": len(self.LIGHT_FEATURES),
+        }
+        out, start = {}, 0
+        for name, size in sizes.items():
+            out[name] = slice(start, start + size)
+            start += size
+        return out
+
+    @property
+    def size(self) -> int:
+        return self.slices["light"].stop
+
+
+OBSERVATION_LAYOUT = ObservationLayout()
+
+
+@dataclass
+class StepResult:
+    """What ``Backend.step`` returns; every tensor has leading dimension B (number of worlds)."""
+
+    observation: torch.Tensor  # [B, obs_size] float32
+    reward: torch.Tensor  # [B] float32
+    terminated: torch.Tensor  # [B] bool: the episode ended (goal, crash, off-road, blocked)
+    truncated: torch.Tensor  # [B] bool: the time limit ran out
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Float tensors ``route_progress_m``, ``route_completion`` (percent), ``distance_m`` (driven this
+    episode) and ``speed`` (m/s); bool tensors ``route_completed`` (the goal was reached on this step) and
+    one per entry of :data:`INFRACTIONS` that happened on this step. An ended world reports no events."""
+
+
+@dataclass
+class Snapshot:
+    """An opaque, serialisable copy of the complete state of some worlds.
+
+    ``backend`` names the backend kind and ``signature`` fingerprints everything static that the state
+    refers to (map generator settings, state schema), so a snapshot is refused by an incompatible backend
+    instead of being silently misread. ``tensors`` holds per-world arrays with leading dimension
+    ``num_worlds``; ``meta`` holds plain values.
+    """
+
+    backend: str
+    signature: str
+    num_worlds: int
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, int | float | str | list] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """Serialise with ``torch.save``; :meth:`from_bytes` reads it back without unpickling code."""
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "backend": self.backend,
+                "signature": self.signature,
+                "num_worlds": self.num_worlds,
+                "tensors": {k: v.detach().cpu() for k, v in self.tensors.items()},
+                "meta": self.meta,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        try:
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return cls(raw["backend"], raw["signature"], raw["num_worlds"], raw["tensors"], raw["meta"])
+        except Exception as error:  # torch raises several types for corrupt input
+            raise BackendError(f"not a valid snapshot ({type(error).__name__}: {error})") from error
+
+    def select(self, indices: Sequence[int]) -> Snapshot:
+        """The snapshot of a subset of its worlds, e.g. one trunk out of a batch snapshot."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if len(index) and (index.min() < 0 or index.max() >= self.num_worlds):
+            raise BackendError(f"snapshot holds {self.num_worlds} worlds; cannot select {list(indices)}")
+        return Snapshot(self.backend, self.signature, len(index),
+                        {k: v[index] for k, v in self.tensors.items()}, dict(self.meta))
+
+
+WorldIds = Sequence[int] | torch.Tensor | None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend offers. ``world_ids`` of ``None`` means all worlds."""
+
+    num_worlds: int
+    observation_size: int
+    device: torch.device
+
+    def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
+        """Start new episodes and return their observations [len(world_ids), obs_size].
+
+        An int ``seed`` derives one episode seed per world from (seed, world id); a sequence gives each
+        world its episode seed explicitly (fixed evaluation suites). The same episode seed always gives
+        the same town, route and initial state.
+        """
+        ...
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Advance every world by one time step with ``actions`` [B, 3]."""
+        ...
+
+    def observe(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """Current observations of the given worlds, without stepping."""
+        ...
+
+    def snapshot(self, world_ids: WorldIds = None) -> Snapshot:
+        """Complete state of the given worlds."""
+        ...
+
+    def restore(self, snapshot: Snapshot, world_ids: WorldIds = None) -> torch.Tensor:
+        """Write ``snapshot`` into ``world_ids`` (one per snapshot world) and return their observations."""
+        ...
+
+    def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
+        """Make each world of ``dst_ids`` an exact copy of the matching world of ``src_ids``."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Validated long tensor of world ids; ``None`` means all worlds."""
+    if world_ids is None:
+        return torch.arange(num_worlds, device=device)
+    ids = torch.as_tensor(world_ids, dtype=torch.long).reshape(-1)
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_worlds):
+        raise BackendError(f"world ids must lie in [0, {num_worlds}); got min {int(ids.min())}, "
+                           f"max {int(ids.max())}")
+    return ids.to(device)
+
+
+def check_actions(actions: torch.Tensor, num_worlds: int) -> None:
+    """Reject actions a backend cannot apply: wrong shape or non-finite values. Out-of-range values are
+    clipped by the backend, as CARLA does."""
+    if not isinstance(actions, torch.Tensor):
+        raise BackendError(f"actions must be a torch.Tensor of shape [{num_worlds}, {ACTION_SIZE}], "
+                           f"got {type(actions).__name__}")
+    if actions.shape != (num_worlds, ACTION_SIZE):
+        raise BackendError(f"actions must have shape [{num_worlds}, {ACTION_SIZE}] "
+                           f"(throttle, brake, steer per world), got {list(actions.shape)}")
+    if not torch.isfinite(actions).all():
+        bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise BackendError(f"actions contain NaN or inf (worlds {bad}...); check the policy's outputs")

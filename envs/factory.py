@@ -1,0 +1,75 @@
+"""The one place that turns an environment config into a running backend.
+
+The ``env`` section of the config is flat for users (``env.num_services=4``, ``env.device=cuda``,
+``env.town.grid_size=4``): :func:`env_config_from_dict` splits the service keys (how many simulator
+instances, launched how) from the backend's own keys and types both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from envs.api import Backend
+from envs.sim.config import SimConfig
+from envs.typed_config import ConfigError, from_dict, to_dict
+
+BACKEND_CONFIGS = {"sim": SimConfig}
+"""Backend name -> its config dataclass. ``env=<name>`` in Hydra picks one."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How many simulator instances serve the worlds, and how they are started."""
+
+    num_services: int = 1  # simulator instances; branches of a group are spread over them
+    launcher: Literal["local", "ray"] = "local"  # local processes, or Ray actors on a cluster
+
+    def __post_init__(self) -> None:
+        if self.num_services < 1:
+            raise ValueError(f"env.num_services must be >= 1, got {self.num_services}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """A backend kind, its typed config, and the services that host it."""
+
+    backend: str = "sim"
+    services: ServiceConfig = field(default_factory=ServiceConfig)
+    backend_config: Any = field(default_factory=SimConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The flat form users write and checkpoints store; :func:`env_config_from_dict` reads it back."""
+        return {"backend": self.backend, **to_dict(self.services), **to_dict(self.backend_config)}
+
+
+def env_config_from_dict(data: dict[str, Any], path: str = "env") -> EnvConfig:
+    data = dict(data)
+    backend = data.pop("backend", "sim")
+    if backend not in BACKEND_CONFIGS:
+        raise ConfigError(f"{path}.backend must be one of {sorted(BACKEND_CONFIGS)}, got {backend!r}")
+    service_keys = {f.name for f in dataclasses.fields(ServiceConfig)}
+    services = from_dict(ServiceConfig, {k: data.pop(k) for k in list(data) if k in service_keys}, path)
+    return EnvConfig(backend, services, from_dict(BACKEND_CONFIGS[backend], data, path))
+
+
+def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: str | None = None) -> Backend:
+    """A backend with ``num_worlds`` worlds (default: the config's), on the ``split``'s towns if given."""
+    backend_config = config.backend_config
+    overrides = {}
+    if num_worlds is not None:
+        overrides["num_worlds"] = num_worlds
+    if split is not None:
+        overrides["split"] = split
+    backend_config = dataclasses.replace(backend_config, **overrides)
+    if config.services.num_services > 1 or config.services.launcher != "local":
+        warnings.warn(f"env.num_services={config.services.num_services} / env.launcher="
+                      f"{config.services.launcher}: multi-service hosting is not built yet (issue 6); "
+                      "running all worlds in this process", stacklevel=2)
+    if config.backend == "sim":
+        from envs.sim.world import DrivingSim
+
+        return DrivingSim(backend_config)
+    raise ConfigError(f"backend {config.backend!r} cannot be built")

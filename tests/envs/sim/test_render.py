@@ -1,0 +1,137 @@
+"""Bird's-eye rendering: image format, what is drawn where, and GIF writing."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from envs.api import BackendError
+from envs.sim.render import (
+    ACTOR_COLOR,
+    BACKGROUND_COLOR,
+    EGO_COLOR,
+    LIGHT_COLORS,
+    ROAD_COLOR,
+    render_birdseye,
+    render_town,
+    write_gif,
+)
+
+SIZE, METRES = 128, 40.0
+PX_PER_M = SIZE / METRES
+CENTRE = SIZE // 2
+
+
+def colour_at(image, row, col):
+    return tuple(int(c) for c in image[row, col])
+
+
+def is_blueish(pixel, margin=30):
+    red, green, blue = pixel
+    return blue > red + margin and blue > green + margin
+
+
+def has_colour(image, colour):
+    return bool((image == np.array(colour, dtype=np.uint8)).all(-1).any())
+
+
+@pytest.fixture
+def sim(straight_sim):
+    """One world on the straight road: the ego starts on an eastbound lane facing east (yaw 0)."""
+    sim = straight_sim(2)
+    sim.reset(0)
+    return sim
+
+
+def test_image_format(sim):
+    image = render_birdseye(sim, 1, size=SIZE, metres=METRES)
+    assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
+    assert render_birdseye(sim, 0).shape == (256, 256, 3)  # defaults
+
+
+@pytest.mark.parametrize("heading_up", [False, True])
+def test_ego_is_highlighted_at_the_centre(sim, heading_up):
+    image = render_birdseye(sim, 0, size=SIZE, metres=METRES, heading_up=heading_up)
+    assert colour_at(image, CENTRE, CENTRE) == EGO_COLOR
+    assert colour_at(image, CENTRE - 1, CENTRE - 1) == EGO_COLOR
+
+
+def test_road_shows_under_the_ego_and_background_far_from_roads(sim):
+    image = render_birdseye(sim, 0, size=SIZE, metres=METRES)
+    assert has_colour(image, ROAD_COLOR)
+    # 6 m behind the ego (west; north up): still on its lane, and behind it there is no route.
+    assert colour_at(image, CENTRE, CENTRE - round(6 * PX_PER_M)) == ROAD_COLOR
+    sim.state.x[0], sim.state.y[0] = 5_000.0, 5_000.0  # far outside the town raster
+    far = render_birdseye(sim, 0, size=SIZE, metres=METRES)
+    assert colour_at(far, 0, 0) == BACKGROUND_COLOR
+    assert not has_colour(far, ROAD_COLOR)
+    assert colour_at(far, CENTRE, CENTRE) == EGO_COLOR
+
+
+def test_route_line_lies_ahead_of_the_ego(sim):
+    image = render_birdseye(sim, 0, size=SIZE, metres=METRES)
+    ahead = round(10 * PX_PER_M)
+    assert is_blueish(colour_at(image, CENTRE, CENTRE + ahead))  # east of the ego, on its route
+    assert not is_blueish(colour_at(image, CENTRE, CENTRE - ahead))  # the route starts at the ego
+    # Heading up: the ego faces east, so its route runs up the image.
+    rotated = render_birdseye(sim, 0, size=SIZE, metres=METRES, heading_up=True)
+    assert is_blueish(colour_at(rotated, CENTRE - ahead, CENTRE))
+    assert not is_blueish(colour_at(rotated, CENTRE, CENTRE + ahead))
+
+
+def test_actors_lights_and_trajectories_are_drawn_in_world_coordinates(sim):
+    x, y = float(sim.state.x[0]), float(sim.state.y[0])
+    branch = np.array([[x, y + 8.0], [x + 15.0, y + 8.0]])  # 8 m north of the ego, heading east
+    image = render_birdseye(
+        sim, 0, size=SIZE, metres=METRES,
+        actors=[{"x": x - 10.0, "y": y, "yaw": math.pi, "length": 4.5, "width": 1.8}],
+        lights=[(x + 5.0, y - 6.0, "red")],
+        extra_trajectories=[(branch, (255, 0, 255))])
+    assert colour_at(image, CENTRE, CENTRE - round(10 * PX_PER_M)) == ACTOR_COLOR  # 10 m west
+    assert colour_at(image, CENTRE + round(6 * PX_PER_M), CENTRE + round(5 * PX_PER_M)) == LIGHT_COLORS["red"]
+    assert colour_at(image, CENTRE - round(8 * PX_PER_M), CENTRE + round(7 * PX_PER_M)) == (255, 0, 255)
+
+
+def test_bad_input_is_rejected(sim, straight_sim):
+    with pytest.raises(ValueError, match="world_id"):
+        render_birdseye(sim, 2)
+    with pytest.raises(ValueError, match="light state"):
+        render_birdseye(sim, 0, lights=[(0.0, 0.0, "blue")])
+    with pytest.raises(ValueError, match="lacks keys"):
+        render_birdseye(sim, 0, actors=[{"x": 0.0, "y": 0.0}])
+    with pytest.raises(BackendError, match="before reset"):
+        render_birdseye(straight_sim(1), 0)
+
+
+def test_fixed_camera_centres_on_the_route(sim):
+    image = render_birdseye(sim, 0, size=SIZE, metres=400.0, ego_centred=False)
+    assert image.shape == (SIZE, SIZE, 3) and has_colour(image, ROAD_COLOR)
+
+
+def test_render_town_shows_the_whole_map(sim):
+    town = sim.town(0)
+    image = render_town(town, size=200)
+    assert image.shape == (200, 200, 3) and image.dtype == np.uint8
+    assert has_colour(image, ROAD_COLOR) and has_colour(image, BACKGROUND_COLOR)
+
+
+def test_gif_round_trip(sim, tmp_path):
+    frames = []
+    for _ in range(4):
+        sim.state.x[0] += 3.0  # move the ego so every frame differs (Pillow merges identical frames)
+        frames.append(render_birdseye(sim, 0, size=64, metres=METRES))
+    path = write_gif(frames, tmp_path / "nested" / "episode.gif", fps=5)
+    assert path.exists()
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+        assert gif.info["loop"] == 0
+        assert gif.info["duration"] == 200
+        assert gif.size == (64, 64)
+
+
+def test_gif_needs_frames_of_one_shape(tmp_path):
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_gif([], tmp_path / "empty.gif")
+    with pytest.raises(ValueError, match="shape"):
+        write_gif([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], tmp_path / "bad.gif")

@@ -1,0 +1,187 @@
+"""The simulator's episodes: progress, infractions, termination, determinism and bad input."""
+
+import pytest
+import torch
+
+from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, BackendError
+from envs.sim.config import SimConfig
+from envs.sim.towngen import TownConfig
+from envs.sim.world import DrivingSim
+
+ROUTE = OBSERVATION_LAYOUT.slices["route"]
+EGO = OBSERVATION_LAYOUT.slices["ego"]
+
+
+def controls(num_worlds, throttle=0.5, brake=0.0, steer=0.0):
+    return torch.tensor([[throttle, brake, steer]]).repeat(num_worlds, 1)
+
+
+def follow_route(obs, target_speed=8.0):
+    """A tiny route follower for tests: steer towards the second route point, hold a speed."""
+    route = obs[:, ROUTE].view(len(obs), -1, 2)
+    aim = route[:, 1]
+    steer = (-2.0 * torch.atan2(aim[:, 1], aim[:, 0])).clamp(-1, 1)  # target to the left -> negative steer
+    speed = obs[:, EGO][:, 0] * OBSERVATION_LAYOUT.speed_scale
+    throttle = ((target_speed - speed) * 0.5).clamp(0, 1)
+    brake = ((speed - target_speed) * 0.5).clamp(0, 1)
+    return torch.stack([throttle, brake, steer], dim=1)
+
+
+def test_route_progress_increases_when_following_the_route(straight_sim):
+    sim = straight_sim(4)
+    obs = sim.reset(0)
+    progress = []
+    for _ in range(100):
+        result = sim.step(follow_route(obs))
+        obs = result.observation
+        progress.append(result.info["route_progress_m"])
+        assert not result.terminated.any()
+    progress = torch.stack(progress)
+    assert (progress[1:] >= progress[:-1] - 1e-4).all()
+    assert (progress[-1] > 40).all()  # ~8 m/s for most of 10 s
+
+
+def test_following_a_procedural_route_completes_it():
+    sim = DrivingSim(SimConfig(num_worlds=8, num_towns=2,
+                               town=TownConfig(num_routes=8, route_length_m=150.0)))
+    obs = sim.reset(5)
+    done = torch.zeros(8, dtype=torch.bool)
+    completed = torch.zeros(8, dtype=torch.bool)
+    for _ in range(400):
+        result = sim.step(follow_route(obs))
+        obs = result.observation
+        completed |= result.info["route_completed"]
+        done |= result.terminated | result.truncated
+        if done.all():
+            break
+    assert completed.float().mean() >= 0.75, "a simple route follower completes most procedural routes"
+
+
+def test_reward_is_progress_when_nothing_goes_wrong(straight_sim):
+    sim = straight_sim(2)
+    sim.reset(0)
+    before = sim.state.route_s.clone()
+    result = sim.step(controls(2, throttle=1.0))
+    progress = sim.state.route_s - before
+    assert torch.allclose(result.reward, 0.1 * progress)
+
+
+def test_leaving_the_road_is_detected_and_terminates(straight_sim):
+    sim = straight_sim(2)
+    sim.reset(0)
+    for _ in range(10):
+        sim.step(controls(2, throttle=1.0))
+    events = {name: torch.zeros(2, dtype=torch.bool) for name in INFRACTIONS}
+    for _ in range(60):
+        result = sim.step(controls(2, throttle=0.5, steer=1.0))  # hard right: off the road's edge
+        for name in INFRACTIONS:
+            events[name] |= result.info[name]
+        if result.terminated.all():
+            break
+    assert result.terminated.all()
+    assert (events["collision_static"] | events["off_road"]).all()
+    assert result.reward.min() < -5  # the penalty arrives with the event
+
+
+@pytest.mark.parametrize("y,off_road,static", [
+    (-1.75, False, False),  # centre of the eastbound lane
+    (-4.5, True, False),  # centre 1 m past the road edge (y = -3.5), body still within the 2.5 m kerb
+    (-8.0, True, True),  # past the kerb: the body hits what stands beside the road
+])
+def test_off_road_and_static_collision_geometry(straight_sim, y, off_road, static):
+    sim = straight_sim(1)
+    sim.reset(0)
+    sim.state.x[0], sim.state.y[0], sim.state.yaw[0] = 100.0, y, 0.0
+    result = sim.step(controls(1, throttle=0.0))
+    assert result.info["off_road"].item() is off_road
+    assert result.info["collision_static"].item() is static
+    assert result.terminated.item() is (off_road or static)
+
+
+def test_ended_worlds_stay_frozen_and_earn_nothing(straight_sim):
+    sim = straight_sim(2)
+    sim.reset(0)
+    sim.state.step[0] = sim.config.max_episode_steps - 1  # world 0 times out on the next step
+    result = sim.step(controls(2))
+    assert result.truncated.tolist() == [True, False]
+    assert result.info["timeout"].tolist() == [True, False]
+    frozen = sim.snapshot([0]).tensors["floats"]
+    for _ in range(5):
+        result = sim.step(controls(2, throttle=1.0))
+        assert result.reward[0] == 0 and result.truncated[0]
+        assert not result.info["timeout"][0]  # an event is reported once, when it happens
+    assert torch.equal(sim.snapshot([0]).tensors["floats"], frozen)
+    assert sim.done().tolist() == [True, False]
+
+
+def test_same_seed_same_episode_and_seeds_differ():
+    config = SimConfig(num_worlds=4, num_towns=4, town=TownConfig(num_routes=8, route_length_m=150.0))
+    a, b = DrivingSim(config), DrivingSim(config)
+    assert torch.equal(a.reset(11), b.reset(11))
+    for _ in range(20):
+        ra, rb = a.step(controls(4)), b.step(controls(4))
+        assert torch.equal(ra.observation, rb.observation) and torch.equal(ra.reward, rb.reward)
+    assert not torch.equal(a.reset(11), a.reset(12))
+
+
+def test_explicit_episode_seeds_pick_the_same_route_in_any_world():
+    config = SimConfig(num_worlds=3, num_towns=4, town=TownConfig(num_routes=8, route_length_m=150.0))
+    sim = DrivingSim(config)
+    obs = sim.reset([7, 8, 7])
+    assert torch.equal(obs[0], obs[2]) and not torch.equal(obs[0], obs[1])
+    with pytest.raises(BackendError, match="one per world"):
+        sim.reset([1, 2])
+
+
+def test_eval_split_uses_held_out_towns():
+    town = TownConfig(num_routes=8, route_length_m=150.0)
+    train = DrivingSim(SimConfig(num_worlds=4, num_towns=3, town=town))
+    held_out = DrivingSim(SimConfig(num_worlds=4, num_towns=3, town=town, split="eval"))
+    train.reset(0)
+    held_out.reset(0)
+    train_seeds = set(train.bank.seed_of_slot.tolist())
+    eval_seeds = set(held_out.bank.seed_of_slot.tolist())
+    assert train_seeds.isdisjoint(eval_seeds)
+    assert {t.fingerprint() for t in train.bank.towns}.isdisjoint({t.fingerprint() for t in held_out.bank.towns})
+
+
+def test_bad_input_is_rejected_clearly(straight_sim):
+    sim = straight_sim(2)
+    with pytest.raises(BackendError, match="before reset"):
+        sim.step(controls(2))
+    sim.reset(0)
+    with pytest.raises(BackendError, match="shape"):
+        sim.step(torch.zeros(3, 3))
+    with pytest.raises(BackendError, match="NaN"):
+        sim.step(torch.full((2, 3), float("nan")))
+    with pytest.raises(BackendError, match="world ids"):
+        sim.snapshot([5])
+    with pytest.raises(BackendError, match="as many sources"):
+        sim.clone([0], [0, 1])
+
+
+def test_out_of_range_controls_are_clipped_like_carla(straight_sim):
+    sim = straight_sim(2)
+    sim.reset(0)
+    sim.step(torch.tensor([[5.0, -1.0, 3.0], [1.0, 0.0, 1.0]]))
+    assert torch.equal(sim.state.last_control[0], sim.state.last_control[1])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("num_worlds", 0, "num_worlds"), ("dt", 0.0, "dt"), ("map", "moon", "map"),
+    ("terminate_on", ("crash",), "unknown infractions"), ("device", "tpu", "device"),
+])
+def test_config_validation(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        SimConfig(**{field: value})
+
+
+def test_observation_is_finite_and_in_ego_frame(straight_sim):
+    sim = straight_sim(3)
+    obs = sim.reset(0)
+    assert obs.shape == (3, OBSERVATION_LAYOUT.size) and torch.isfinite(obs).all()
+    route = obs[:, ROUTE].view(3, -1, 2) * OBSERVATION_LAYOUT.distance_scale
+    # On a straight lane, facing along it: the route points lie straight ahead every 5 m.
+    expected = torch.arange(1, 11) * 5.0
+    assert torch.allclose(route[..., 0], expected.expand(3, -1), atol=1e-3)
+    assert route[..., 1].abs().max() < 1e-3
