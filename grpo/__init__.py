@@ -1,0 +1,1 @@
+"""GRPO for driving policies: group advantages, the clipped loss, the Beta action distribution, policies."""

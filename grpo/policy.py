@@ -1,0 +1,229 @@
+"""Driving policies: an observation encoder and a Beta head over the 2-D raw action [acceleration, steer].
+
+The head outputs four numbers per observation and maps them to concentrations ``alpha = 1 + softplus(x)``,
+``beta = 1 + softplus(y)``: both exceed 1, so every action distribution is unimodal with zero density at the
+bounds and a well-defined mode. The head's last layer is initialised orthogonally with gain 0.01 (CleanRL;
+Andrychowicz et al. 2021, "What Matters in On-Policy Reinforcement Learning?") and zero bias, so the
+initial policy is close to Beta(1 + ln 2, 1 + ln 2) ~ Beta(1.69, 1.69) in both dimensions: wide and centred
+(no throttle or brake, straight steer on average), whatever the observation.
+
+There is no value head: GRPO's baseline is the group mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from grpo.distributions import ACTION_DIM, BetaActions, raw_to_control
+
+PolicyKind = Literal["mlp", "cnn"]
+Activation = Literal["tanh", "relu", "elu"]
+
+# Hidden layers: orthogonal init with gain sqrt(2), as CleanRL's layer_init; the head uses HEAD_GAIN.
+HIDDEN_GAIN = math.sqrt(2.0)
+HEAD_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Options of the policy network.
+
+    Attributes:
+        kind: ``"mlp"`` (default; observation vector only) or ``"cnn"`` (vector plus a bird's-eye-view
+            raster through a small conv encoder).
+        hidden_sizes: default (256, 256). Widths of the MLP layers (for ``"cnn"``, the MLP after the
+            conv features are concatenated with the vector). Empty means a linear policy.
+        activation: ``"tanh"`` (default, CleanRL's and "What Matters"' choice for continuous control),
+            ``"relu"`` or ``"elu"``.
+        raster_channels: default 6 (drivable area, lane markings, route, vehicles, pedestrians, lights).
+            Channels C of the ``"cnn"`` raster [N, C, S, S].
+        raster_size: default 64. Side S of the ``"cnn"`` raster in pixels; at least 8 (three stride-2 convs).
+        conv_channels: default (32, 64, 64). Output channels of the three stride-2 convolutions.
+    """
+
+    kind: PolicyKind = "mlp"
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: Activation = "tanh"
+    raster_channels: int = 6
+    raster_size: int = 64
+    conv_channels: tuple[int, int, int] = (32, 64, 64)
+
+    def __post_init__(self) -> None:
+        # Structured configs hand over lists; store tuples so the frozen config stays hashable.
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
+        if self.kind not in get_args(PolicyKind):
+            raise ValueError(f"kind must be one of {get_args(PolicyKind)}; got {self.kind!r}")
+        if self.activation not in get_args(Activation):
+            raise ValueError(f"activation must be one of {get_args(Activation)}; got {self.activation!r}")
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ValueError(
+                f"hidden_sizes must all be >= 1 (use () for a linear policy); got {self.hidden_sizes}"
+            )
+        if len(self.conv_channels) != 3 or any(channels < 1 for channels in self.conv_channels):
+            raise ValueError(f"conv_channels must be three positive ints; got {self.conv_channels}")
+        if self.raster_channels < 1:
+            raise ValueError(f"raster_channels must be >= 1; got {self.raster_channels}")
+        if self.raster_size < 8:
+            raise ValueError(
+                f"raster_size must be >= 8 pixels so three stride-2 convolutions leave a feature map; "
+                f"got {self.raster_size}"
+            )
+
+
+def _activation(name: Activation) -> nn.Module:
+    if name == "tanh":
+        return nn.Tanh()
+    elif name == "relu":
+        return nn.ReLU()
+    elif name == "elu":
+        return nn.ELU()
+    else:
+        raise ValueError(f"activation must be one of 'tanh', 'relu', 'elu'; got {name!r}")
+
+
+def _init(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Linear | nn.Conv2d:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_size: int, hidden_sizes: tuple[int, ...], activation: Activation) -> tuple[nn.Sequential, int]:
+    """The hidden layers and their output width (``in_size`` when there are none)."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [_init(nn.Linear(in_size, size), HIDDEN_GAIN), _activation(activation)]
+        in_size = size
+    return nn.Sequential(*layers), in_size
+
+
+class _BetaHead(nn.Module):
+    """Features [N, F] -> BetaActions with alpha, beta = 1 + softplus(linear(features)) of shape [N, 2]."""
+
+    def __init__(self, in_size: int) -> None:
+        super().__init__()
+        self.linear = _init(nn.Linear(in_size, 2 * ACTION_DIM), HEAD_GAIN)
+
+    def forward(self, features: Tensor) -> BetaActions:
+        alpha_logits, beta_logits = self.linear(features).chunk(2, dim=-1)
+        return BetaActions(1.0 + F.softplus(alpha_logits), 1.0 + F.softplus(beta_logits))
+
+
+def _act(
+    actions: BetaActions, deterministic: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The sampled (or modal) raw action, its control and its log-probability."""
+    raw = actions.mode() if deterministic else actions.sample(generator)
+    return raw, raw_to_control(raw), actions.log_prob(raw)
+
+
+def _check_obs(obs: Tensor, obs_size: int) -> None:
+    if obs.dim() != 2 or obs.shape[-1] != obs_size:
+        raise ValueError(f"obs must have shape [N, {obs_size}]; got {tuple(obs.shape)}")
+
+
+class MLPPolicy(nn.Module):
+    """Observation vector [N, obs_size] -> MLP -> Beta head.
+
+    ``uses_raster`` is False: the trainer need not ask the environment for rasters; a raster passed anyway is
+    ignored, so every policy can be called as ``policy(obs, raster)``.
+    """
+
+    uses_raster = False
+
+    def __init__(self, obs_size: int, config: PolicyConfig) -> None:
+        super().__init__()
+        if obs_size < 1:
+            raise ValueError(f"obs_size must be >= 1; got {obs_size}")
+        self.obs_size = obs_size
+        self.config = config
+        self.trunk, features = _mlp(obs_size, config.hidden_sizes, config.activation)
+        self.head = _BetaHead(features)
+
+    def forward(self, obs: Tensor, raster: Tensor | None = None) -> BetaActions:
+        """The action distribution for observations [N, obs_size]."""
+        _check_obs(obs, self.obs_size)
+        return self.head(self.trunk(obs))
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Tensor,
+        raster: Tensor | None = None,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw actions [N, 2], controls [N, 3] and their log-probabilities [N]; the mode if deterministic."""
+        return _act(self(obs, raster), deterministic, generator)
+
+
+class CNNPolicy(nn.Module):
+    """Observation vector [N, obs_size] and raster [N, C, S, S] -> Beta head.
+
+    The raster goes through three stride-2 3x3 convolutions (S -> S/2 -> S/4 -> S/8), is flattened and
+    concatenated with the vector, then an MLP. Rasters are floats in [0, 1]; uint8 rasters are divided by 255.
+    """
+
+    uses_raster = True
+
+    def __init__(self, obs_size: int, config: PolicyConfig) -> None:
+        super().__init__()
+        if obs_size < 1:
+            raise ValueError(f"obs_size must be >= 1; got {obs_size}")
+        self.obs_size = obs_size
+        self.config = config
+        layers: list[nn.Module] = []
+        in_channels = config.raster_channels
+        for channels in config.conv_channels:
+            conv = nn.Conv2d(in_channels, channels, kernel_size=3, stride=2, padding=1)
+            layers += [_init(conv, HIDDEN_GAIN), _activation(config.activation)]
+            in_channels = channels
+        self.encoder = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            # Measure the flattened size instead of deriving it, so the conv settings can change freely.
+            dummy = torch.zeros(1, config.raster_channels, config.raster_size, config.raster_size)
+            raster_features = self.encoder(dummy).shape[-1]
+        self.trunk, features = _mlp(raster_features + obs_size, config.hidden_sizes, config.activation)
+        self.head = _BetaHead(features)
+
+    def forward(self, obs: Tensor, raster: Tensor | None = None) -> BetaActions:
+        """The action distribution for observations [N, obs_size] and rasters [N, C, S, S]."""
+        _check_obs(obs, self.obs_size)
+        size = self.config.raster_size
+        expected = (obs.shape[0], self.config.raster_channels, size, size)
+        if raster is None:
+            raise ValueError("CNNPolicy needs a raster [N, C, S, S]; enable the bird's-eye raster in the env")
+        if tuple(raster.shape) != expected:
+            raise ValueError(f"raster must have shape {list(expected)}; got {list(raster.shape)}")
+        raster = raster.to(obs.dtype) / 255.0 if raster.dtype == torch.uint8 else raster.to(obs.dtype)
+        features = torch.cat([self.encoder(raster), obs], dim=-1)
+        return self.head(self.trunk(features))
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Tensor,
+        raster: Tensor | None = None,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw actions [N, 2], controls [N, 3] and their log-probabilities [N]; the mode if deterministic."""
+        return _act(self(obs, raster), deterministic, generator)
+
+
+def build_policy(obs_size: int, config: PolicyConfig) -> MLPPolicy | CNNPolicy:
+    """The policy network ``config.kind`` names, for observation vectors of ``obs_size`` features."""
+    if config.kind == "mlp":
+        return MLPPolicy(obs_size, config)
+    elif config.kind == "cnn":
+        return CNNPolicy(obs_size, config)
+    else:
+        raise ValueError(f"kind must be one of 'mlp', 'cnn'; got {config.kind!r}")

@@ -1,0 +1,130 @@
+"""Policy networks: shapes, initial distribution, gradients, the CNN path and config validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grpo.distributions import BetaActions
+from grpo.policy import CNNPolicy, MLPPolicy, PolicyConfig, build_policy
+
+OBS_SIZE = 12
+SMALL_CNN = PolicyConfig(kind="cnn", hidden_sizes=(32,), raster_channels=6, raster_size=16)
+
+
+def _obs(n: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, OBS_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _raster(n: int = 5, config: PolicyConfig = SMALL_CNN) -> torch.Tensor:
+    shape = (n, config.raster_channels, config.raster_size, config.raster_size)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_mlp_output_shapes():
+    torch.manual_seed(0)
+    policy = MLPPolicy(OBS_SIZE, PolicyConfig(hidden_sizes=(64, 64)))
+    actions = policy(_obs())
+    assert isinstance(actions, BetaActions)
+    assert actions.alpha.shape == (5, 2) and actions.beta.shape == (5, 2)
+    raw, control, log_prob = policy.act(_obs(), generator=torch.Generator().manual_seed(0))
+    assert raw.shape == (5, 2) and control.shape == (5, 3) and log_prob.shape == (5,)
+    assert not log_prob.requires_grad  # act runs under no_grad
+    torch.testing.assert_close(log_prob, actions.log_prob(raw).detach())
+
+
+def test_initial_policy_is_wide_and_centred():
+    # Head gain 0.01 and zero bias: logits ~ 0, so alpha = beta ~ 1 + softplus(0) = 1 + ln 2.
+    torch.manual_seed(0)
+    policy = build_policy(OBS_SIZE, PolicyConfig())
+    actions = policy(_obs(n=64) * 3.0)
+    target = 1.0 + math.log(2.0)
+    assert (actions.alpha - target).abs().max().item() < 0.05
+    assert (actions.beta - target).abs().max().item() < 0.05
+    # Deterministic action: raw ~ 0.5, i.e. coast and steer straight.
+    _, control, _ = policy.act(_obs(n=64), deterministic=True)
+    assert control.abs().max().item() < 0.05
+
+
+def test_deterministic_act_is_the_mode_and_sampling_is_seeded():
+    torch.manual_seed(0)
+    policy = build_policy(OBS_SIZE, PolicyConfig(hidden_sizes=(32,)))
+    obs = _obs()
+    raw, _, _ = policy.act(obs, deterministic=True)
+    torch.testing.assert_close(raw, policy(obs).mode().detach())
+    first, _, _ = policy.act(obs, generator=torch.Generator().manual_seed(3))
+    second, _, _ = policy.act(obs, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    policy = build_policy(OBS_SIZE, PolicyConfig(hidden_sizes=(32, 32), activation="elu"))
+    raw, _, _ = policy.act(_obs())
+    actions = policy(_obs())
+    (-actions.log_prob(raw).mean() - actions.entropy().mean()).backward()
+    for name, parameter in policy.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum().item() > 0, name
+
+
+def test_linear_policy_without_hidden_layers():
+    policy = MLPPolicy(OBS_SIZE, PolicyConfig(hidden_sizes=()))
+    assert policy(_obs()).alpha.shape == (5, 2)
+
+
+def test_cnn_forward_with_a_raster_and_gradients():
+    torch.manual_seed(0)
+    policy = build_policy(OBS_SIZE, SMALL_CNN)
+    assert isinstance(policy, CNNPolicy) and policy.uses_raster
+    raw, control, log_prob = policy.act(_obs(), _raster(), generator=torch.Generator().manual_seed(0))
+    assert raw.shape == (5, 2) and control.shape == (5, 3) and log_prob.shape == (5,)
+    policy(_obs(), _raster()).log_prob(raw).mean().backward()
+    for name, parameter in policy.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum().item() > 0, name
+
+
+def test_cnn_default_raster_size_and_uint8_rasters():
+    policy = build_policy(OBS_SIZE, PolicyConfig(kind="cnn", hidden_sizes=(32,)))
+    raster = (_raster(2, PolicyConfig()) * 255).to(torch.uint8)  # default 6 x 64 x 64
+    actions = policy(_obs(2), raster)
+    assert actions.alpha.shape == (2, 2)
+    assert torch.isfinite(actions.alpha).all()
+
+
+def test_cnn_rejects_a_missing_or_misshapen_raster():
+    policy = build_policy(OBS_SIZE, SMALL_CNN)
+    with pytest.raises(ValueError, match="needs a raster"):
+        policy(_obs())
+    with pytest.raises(ValueError, match="raster must have shape"):
+        policy(_obs(), torch.zeros(5, 3, 16, 16))
+
+
+def test_mlp_rejects_wrong_observation_size():
+    policy = build_policy(OBS_SIZE, PolicyConfig(hidden_sizes=(8,)))
+    with pytest.raises(ValueError, match=r"obs must have shape \[N, 12\]"):
+        policy(torch.zeros(5, OBS_SIZE + 1))
+
+
+def test_config_turns_lists_into_tuples():
+    config = PolicyConfig(hidden_sizes=[16, 16])  # as a structured config would pass it
+    assert config.hidden_sizes == (16, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "transformer"}, "kind must be one of"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"hidden_sizes": (64, 0)}, "hidden_sizes must all be >= 1"),
+        ({"raster_size": 4}, "raster_size must be >= 8"),
+        ({"raster_channels": 0}, "raster_channels must be >= 1"),
+        ({"conv_channels": (32, 64)}, "conv_channels must be three"),
+    ],
+)
+def test_config_rejects_impossible_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PolicyConfig(**kwargs)
