@@ -35,7 +35,8 @@ class LaneSpec:
     successors: tuple[int, ...] = ()  # lanes a vehicle may continue into from this lane's end
     in_junction: bool = False  # a connector lane through a junction
     light: int = -1  # traffic light that governs entering this lane (junction connectors), or -1
-    road: int = -1  # road id (lanes of one road share it; -1 for junction connectors)
+    road: int = -1  # road id, shared by both directions of a road; -1 only for junction connectors (the route
+    # planner never re-enters a road id, so non-junction lanes left at -1 would all count as one road)
     left_neighbour: int = -1  # adjacent same-direction lane to the left, for lane changes, or -1
     right_neighbour: int = -1
 
@@ -88,7 +89,9 @@ class Town:
     def fingerprint(self) -> str:
         """Hash of the arrays: two towns with the same fingerprint are the same town."""
         digest = hashlib.sha256()
-        for array in (self.lane_points, self.lane_successors, self.routes, self.raster):
+        for array in (self.lane_points, self.lane_headings, self.lane_width, self.lane_successors,
+                      self.lane_in_junction, self.lane_light, self.light_phase, self.light_stop_point,
+                      self.routes, self.route_start_s, self.raster):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
@@ -227,6 +230,9 @@ def _rasterise(resampled, lanes, junction_polygons, kerb_width, res, margin):
             _stamp(raster, dense, half, RASTER_JUNCTION, origin, res)
     for polygon in junction_polygons:
         _fill_polygon(raster, polygon, RASTER_DRIVABLE | RASTER_JUNCTION, origin, res)
+        # The junction surface gets the same kerb band as the roads, so cutting a corner is not a crash.
+        boundary = resample_polyline(np.concatenate([polygon, polygon[:1]]), 0.25)
+        _stamp(raster, boundary, kerb_width, RASTER_CLEARANCE, origin, res)
     raster |= np.where(raster & RASTER_DRIVABLE, RASTER_CLEARANCE, 0).astype(np.uint8)
     for points, lane in zip(resampled, lanes, strict=True):
         if lane.in_junction:

@@ -50,7 +50,8 @@ MIN_ROAD_RADIUS_M = 30.0
 """A road's bulge is capped so its centre line never curves tighter than this radius."""
 
 MIN_ROAD_LENGTH_M = 10.0
-"""Shortest road left between two nodes' discs; :class:`TownConfig` rejects grids that could go below."""
+"""Shortest road left between two nodes once both ends are trimmed; :class:`TownConfig` rejects grids
+that could go below it."""
 
 _CENTRE_LINE_SPACING_M = 1.0  # generator sampling; build_town resamples at POINT_SPACING_M anyway
 _CONNECTOR_SPACING_M = 0.5  # connectors are tighter curves, sample them finer
@@ -151,6 +152,9 @@ DEFAULT_TOWN_CONFIG = TownConfig()
 def generate_town(seed: int, config: TownConfig = DEFAULT_TOWN_CONFIG) -> Town:
     """A procedural town, a pure function of ``(seed, config)``; see the module docstring for the layout.
 
+    Layout randomness comes from ``numpy.random.default_rng(seed)``; build_town plans the routes from the
+    same seed.
+
     Raises ValueError (from :func:`~envs.sim.town.build_town`) when the town admits no route of
     ``config.route_length_m``.
     """
@@ -212,7 +216,6 @@ class CrossJunctionIds:
     light: dict[str, int]
 
 
-_ARMS = ("east", "north", "west", "south")  # arm k points along yaw k * 90 degrees
 _APPROACH_DIRECTION = ("westbound", "southbound", "eastbound", "northbound")  # driving in from arm k
 _EXIT_DIRECTION = ("eastbound", "northbound", "westbound", "southbound")  # driving out along arm k
 
@@ -237,8 +240,9 @@ def cross_junction_town(arm_length_m: float = 120.0, lanes_per_direction: int = 
                         num_routes: int = 8, route_length_m: float = 150.0) -> Town:
     """One 4-way junction at the origin with four straight arms of ``arm_length_m``, for light tests.
 
-    Lane and light ids are given by :func:`cross_junction_ids`. The arms' outer lane ends have no
-    successors; routes run in along one arm, through the junction and out along another.
+    Lanes are 3.5 m wide; lane and light ids are given by :func:`cross_junction_ids`. The arms' outer
+    lane ends have no successors; routes run in along one arm, through the junction and out along
+    another.
     """
     if lanes_per_direction < 1:
         raise ValueError(f"lanes_per_direction={lanes_per_direction} must be >= 1")
@@ -307,7 +311,7 @@ class _RoadEnd:
 
     road: int
     outward: np.ndarray  # unit vector from the node along the road
-    centre: np.ndarray  # where the road's centre line meets the node's disc
+    centre: np.ndarray  # where the road's trimmed centre line ends at this node
     half_width: float
     incoming: list[int]  # lanes ending here, lane index i = 0 next to the centre line
     outgoing: list[int]  # lanes starting here
@@ -397,15 +401,16 @@ def _connector(start: np.ndarray, start_heading: np.ndarray, end: np.ndarray,
     """Centre line of a connector from ``start`` leaving along ``start_heading`` to ``end`` arriving along
     ``end_heading`` (unit vectors); heading is continuous at both ends.
 
-    A turn runs straight towards the corner where the two tangent lines cross until it is as far from the
-    corner as the other end is, then follows a circular arc (a cubic Bezier with arc handles) to the other
-    tangent line: the widest radius that fits, where one cubic over the whole turn would pile its
-    curvature at the end nearer the corner. A nearly straight connector (or a lane shift, whose tangent
-    lines do not cross ahead) is one cubic Bezier with handles a third of the chord long.
+    A turn of more than 30 degrees runs straight towards the corner where the two tangent lines cross until
+    it is as far from the corner as the other end is, then follows a circular arc (a cubic Bezier with arc
+    handles) to the other tangent line: the widest radius that fits, where one cubic over the whole turn
+    would pile its curvature at the end nearer the corner. A gentler connector (straight on, or a lane
+    shift, whose tangent lines do not cross ahead) is one cubic Bezier with handles a third of the chord
+    long: spread over its whole length it bends less than a short arc at one end would.
     """
     cross = start_heading[0] * end_heading[1] - start_heading[1] * end_heading[0]
     turn = abs(math.atan2(cross, float(start_heading @ end_heading)))
-    if math.radians(10.0) < turn < math.radians(170.0):
+    if math.radians(30.0) < turn < math.radians(170.0):
         # start + to_corner * start_heading == end - from_corner * end_heading
         to_corner, from_corner = np.linalg.solve(np.stack([start_heading, end_heading], axis=1), end - start)
         if to_corner > 0 and from_corner > 0:

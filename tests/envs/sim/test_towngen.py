@@ -73,7 +73,15 @@ def test_headings_are_continuous_across_connections(towns, three_lane_town):
     for town in all_towns(towns, three_lane_town):
         pairs = np.array(successor_pairs(town))
         jump = angle_difference(town.lane_headings[pairs[:, 0], -1], town.lane_headings[pairs[:, 1], 0])
-        assert np.degrees(jump.max()) < 25.0
+        # Connectors leave and join lanes tangentially; what is left is the 1 m resampling of a curve.
+        assert np.degrees(jump.max()) < 10.0
+
+
+def test_no_lane_turns_tighter_than_a_car_can(towns):
+    """Default towns keep every lane's radius above 5 m (a car-sized bicycle model manages about 4-5 m)."""
+    for town in towns.values():
+        turn_per_metre = angle_difference(town.lane_headings[:, 1:], town.lane_headings[:, :-1])
+        assert turn_per_metre.max() < 1 / 5.0
 
 
 def test_no_u_turns_through_junctions(towns):
@@ -168,7 +176,7 @@ def test_junction_phases_pair_opposite_approaches(towns):
             assert phases in ([0, 0, 1], [0, 0, 1, 1])
 
 
-def test_default_town_builds_fast_and_has_the_expected_shape(towns):
+def test_default_town_has_a_plausible_size(towns):
     town = towns[0]
     assert 30 <= town.num_lanes <= 200
     assert max(town.raster.shape) < 1000
