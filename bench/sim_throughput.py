@@ -8,8 +8,10 @@ installed (``pip install -e .[bench]``) it also measures ``highway-fast-v0`` wit
 same machine and prints the ratio, both per step and per simulated second (a highway-env step covers
 1 / policy_frequency seconds, ours ``dt``).
 
-The ego is driven by a simple route follower computed outside the timed region, so the worlds drive
-realistically; worlds that end are reset between timed steps (reset cost is reported separately).
+Throughput is from the median step time (the mean is stored too), so a step preempted by another
+process does not distort the row. The ego is driven by a simple route follower computed outside the
+timed region, so the worlds drive realistically; worlds that end are reset between timed steps (reset
+cost is reported separately).
 """
 
 from __future__ import annotations
@@ -22,21 +24,11 @@ from pathlib import Path
 
 import torch
 
-from envs.api import OBSERVATION_LAYOUT
 from envs.sim.config import SimConfig
+from envs.sim.expert import route_follower
 from envs.sim.world import DrivingSim
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def route_follower(obs: torch.Tensor, target_speed: float = 8.0) -> torch.Tensor:
-    """Steer at the second route point, hold ``target_speed``: keeps worlds on the road for the benchmark."""
-    route = obs[:, OBSERVATION_LAYOUT.slices["route"]].view(len(obs), -1, 2)
-    steer = (-2.0 * torch.atan2(route[:, 1, 1], route[:, 1, 0])).clamp(-1, 1)
-    speed = obs[:, 0] * OBSERVATION_LAYOUT.speed_scale
-    throttle = ((target_speed - speed) * 0.5).clamp(0, 1)
-    brake = ((speed - target_speed) * 0.5).clamp(0, 1)
-    return torch.stack([throttle, brake, steer], dim=1)
 
 
 def synchronise(device: torch.device) -> None:
@@ -61,7 +53,7 @@ def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict
     sim = DrivingSim(SimConfig(num_worlds=num_worlds, device=device))
     dev = sim.device
     obs = sim.reset(seed)
-    step_seconds, reset_seconds, resets = 0.0, 0.0, 0
+    step_times, reset_seconds, resets = [], 0.0, 0
     for step in range(steps + 5):
         actions = route_follower(obs)
         synchronise(dev)
@@ -69,7 +61,7 @@ def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict
         result = sim.step(actions)
         synchronise(dev)
         if step >= 5:  # the first steps warm up allocators and kernels
-            step_seconds += time.perf_counter() - start
+            step_times.append(time.perf_counter() - start)
         obs = result.observation
         done = (result.terminated | result.truncated).nonzero().flatten()
         if len(done):
@@ -82,11 +74,15 @@ def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict
     dst = torch.randperm(num_worlds, generator=torch.Generator().manual_seed(1))[:clone_count].to(dev)
     repeats = 50
     snapshot = sim.snapshot()
+    median = sorted(step_times)[len(step_times) // 2]
+    mean = sum(step_times) / len(step_times)
     return {
         "num_worlds": num_worlds,
-        "step_ms": 1e3 * step_seconds / steps,
-        "world_steps_per_s": num_worlds * steps / step_seconds,
-        "simulated_s_per_s": num_worlds * steps * sim.config.dt / step_seconds,
+        "step_ms": 1e3 * median,
+        "step_ms_mean": 1e3 * mean,
+        "world_steps_per_s": num_worlds / median,
+        "world_steps_per_s_mean": num_worlds / mean,
+        "simulated_s_per_s": num_worlds * sim.config.dt / median,
         "clone_count": clone_count,
         "clone_us": 1e6 * timed(lambda: sim.clone(src, dst), dev, repeats),
         "snapshot_all_us": 1e6 * timed(lambda: sim.snapshot(), dev, repeats),
@@ -162,10 +158,12 @@ def main() -> None:
 
 def format_table(result: dict) -> str:
     lines = [f"Machine: {result['machine']}", "",
-             "| B | step (ms) | world-steps/s | sim-s per s | clone (us) | snapshot all (us) | restore all (us) |",
+             "| B | step ms (median / mean) | world-steps/s | sim-s per s | clone (us) | snapshot all (us) "
+             "| restore all (us) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["sim"]:
-        lines.append(f"| {r['num_worlds']} | {r['step_ms']:.2f} | {r['world_steps_per_s']:,.0f} | "
+        lines.append(f"| {r['num_worlds']} | {r['step_ms']:.2f} / {r['step_ms_mean']:.2f} | "
+                     f"{r['world_steps_per_s']:,.0f} | "
                      f"{r['simulated_s_per_s']:,.0f} | {r['clone_us']:.0f} ({r['clone_count']} worlds) | "
                      f"{r['snapshot_all_us']:.0f} | {r['restore_all_us']:.0f} |")
     highway = result.get("highway_env")

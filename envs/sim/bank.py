@@ -36,17 +36,18 @@ class TownBank:
         self._slot_of_seed: dict[int, int] = {}
         self.seed_of_slot = torch.zeros(0, dtype=torch.long, device=device)
 
-    def slots_for(self, seeds: Sequence[int]) -> torch.Tensor:
+    def slots_for(self, seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Bank slots of the towns with these seeds, generating and stacking any not yet here."""
-        missing = [s for s in dict.fromkeys(int(s) for s in seeds) if s not in self._slot_of_seed]
+        unique, inverse = torch.unique(torch.as_tensor(seeds, dtype=torch.long).cpu(), return_inverse=True)
+        missing = [s for s in unique.tolist() if s not in self._slot_of_seed]
         for seed in missing:
             town = self._make_town(seed)
             self._slot_of_seed[seed] = len(self.towns)
             self.towns.append(town)
         if missing:
             self._stack()
-        return torch.tensor([self._slot_of_seed[int(s)] for s in seeds], dtype=torch.long,
-                            device=self.device)
+        slots = torch.tensor([self._slot_of_seed[s] for s in unique.tolist()], dtype=torch.long)
+        return slots[inverse].to(self.device)
 
     def _stack(self) -> None:
         towns, dev = self.towns, self.device

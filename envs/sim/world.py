@@ -101,8 +101,8 @@ class DrivingSim:
 
     # --- episodes -------------------------------------------------------------------------------------
 
-    def town_seed(self, town_index: int) -> int:
-        """Generator seed of the split's ``town_index``-th town."""
+    def town_seed(self, town_index: int | torch.Tensor) -> int | torch.Tensor:
+        """Generator seed(s) of the split's ``town_index``-th town(s)."""
         base = EVAL_TOWN_SEED_BASE if self.config.split == "eval" else 0
         return base + town_index
 
@@ -124,7 +124,7 @@ class DrivingSim:
         ids = as_world_ids(world_ids, self.num_worlds, self.device)
         episode_seeds = self.episode_seeds(seed, ids)
         town_index = rng.mix(episode_seeds, 1) % self.config.num_towns
-        slots = self.bank.slots_for([self.town_seed(int(i)) for i in town_index]).to(self.device)
+        slots = self.bank.slots_for(self.town_seed(0) + town_index)
         episode_seeds = episode_seeds.to(self.device)
         route = rng.mix(episode_seeds, 2) % self.bank.num_routes[slots]
         start_s = self.bank.route_start_s[slots, route]
@@ -274,7 +274,7 @@ class DrivingSim:
         if len(ids) != snapshot.num_worlds:
             raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were "
                                "given; pass one target world per snapshot world")
-        slots = self.bank.slots_for(snapshot.tensors["town_seed"].tolist())
+        slots = self.bank.slots_for(snapshot.tensors["town_seed"])
         self.state.write_rows(ids, snapshot.tensors["floats"], snapshot.tensors["ints"])
         self.state.town_slot[ids] = slots
         self._has_reset[ids] = True

@@ -5,26 +5,15 @@ import torch
 
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, BackendError
 from envs.sim.config import SimConfig
+from envs.sim.expert import route_follower
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
 
 ROUTE = OBSERVATION_LAYOUT.slices["route"]
-EGO = OBSERVATION_LAYOUT.slices["ego"]
 
 
 def controls(num_worlds, throttle=0.5, brake=0.0, steer=0.0):
     return torch.tensor([[throttle, brake, steer]]).repeat(num_worlds, 1)
-
-
-def follow_route(obs, target_speed=8.0):
-    """A tiny route follower for tests: steer towards the second route point, hold a speed."""
-    route = obs[:, ROUTE].view(len(obs), -1, 2)
-    aim = route[:, 1]
-    steer = (-2.0 * torch.atan2(aim[:, 1], aim[:, 0])).clamp(-1, 1)  # target to the left -> negative steer
-    speed = obs[:, EGO][:, 0] * OBSERVATION_LAYOUT.speed_scale
-    throttle = ((target_speed - speed) * 0.5).clamp(0, 1)
-    brake = ((speed - target_speed) * 0.5).clamp(0, 1)
-    return torch.stack([throttle, brake, steer], dim=1)
 
 
 def test_route_progress_increases_when_following_the_route(straight_sim):
@@ -32,7 +21,7 @@ def test_route_progress_increases_when_following_the_route(straight_sim):
     obs = sim.reset(0)
     progress = []
     for _ in range(100):
-        result = sim.step(follow_route(obs))
+        result = sim.step(route_follower(obs))
         obs = result.observation
         progress.append(result.info["route_progress_m"])
         assert not result.terminated.any()
@@ -48,7 +37,7 @@ def test_following_a_procedural_route_completes_it():
     done = torch.zeros(8, dtype=torch.bool)
     completed = torch.zeros(8, dtype=torch.bool)
     for _ in range(400):
-        result = sim.step(follow_route(obs))
+        result = sim.step(route_follower(obs))
         obs = result.observation
         completed |= result.info["route_completed"]
         done |= result.terminated | result.truncated
