@@ -37,8 +37,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}: {error}") from error
+        message = str(error)
+        # Dataclasses that already name their full key (grpo.group_size ...) keep their message as it is.
+        named = not path or message.startswith(f"{path.split('.')[0]}.")
+        raise ConfigError(message if named else f"{path}: {message}") from error
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,0 +1,334 @@
+"""The GRPO trainer. ``Trainer.train`` is the loop; ``train_iteration`` reads in the order of the algorithm:
+
+    trunks -> snapshot (branch point) -> branches -> returns -> group advantages -> selection -> update -> log
+    -> evaluate -> checkpoint
+
+each phase under a timer. Everything the loop needs is built in ``__init__`` from a TrainConfig.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from envs.factory import build_backend
+from grpo.advantages import group_advantages
+from grpo.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from grpo.config import TrainConfig
+from grpo.evaluation import evaluate_policy
+from grpo.loss import grpo_loss
+from grpo.policy import build_policy
+from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
+from grpo.run_logger import RunLogger
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the backend returned non-finite rewards); the last checkpoint is kept."""
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """The one seeding function: python, numpy and torch global generators, and deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def learning_rate_factor(iteration: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (linear warm-up, then the schedule)."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        grpo = config.grpo
+        seed_everything(config.seed, config.deterministic)
+        self.device = torch.device(config.device)
+        self.backend = build_backend(config.env, num_worlds=grpo.num_trunks * grpo.group_size)
+        self.policy = build_policy(self.backend.observation_size, config.policy).to(self.device)
+        self.reference = None
+        if grpo.reference != "none":
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=grpo.learning_rate, eps=grpo.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: learning_rate_factor(
+            i, grpo.iterations, grpo.warmup_iterations, grpo.lr_schedule))
+        # Separate generators: action sampling and minibatch order are reproducible and checkpointed.
+        self.sample_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.rollout = BranchingRollout(self.backend, self.policy, grpo, seed=config.seed, device=self.device,
+                                        generator=self.sample_generator)
+        self.checkpoints = CheckpointManager(Path(config.checkpoint.dir) / config.run_name,
+                                             config.checkpoint.keep_last)
+        self.iteration = 0
+        self.best_score = -math.inf
+        self.counters: dict[str, float] = defaultdict(float)  # skipped updates, episodes, ...
+        self.loss_config = grpo.loss_config()
+        self.logger: RunLogger | None = None
+
+    # --- the loop -----------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        """Run (or resume) training to ``grpo.iterations``; returns the last iteration's metrics."""
+        resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name)
+        if resume_from is not None:
+            self.load(resume_from)
+            print(f"resumed from {resume_from} at iteration {self.iteration}")
+        else:
+            self.rollout.start()
+        self.logger = RunLogger(self.config.logger, self.config.run_name, self.config.to_dict())
+        for notice in self.logger.notices:
+            print(notice)
+        metrics: dict[str, float] = {}
+        progress = self._progress_bar()
+        try:
+            while self.iteration < self.config.grpo.iterations:
+                metrics = self.train_iteration()
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(_key_figures(metrics), refresh=False)
+        finally:
+            if progress is not None:
+                progress.close()
+            self.logger.close()
+            self.backend.close()
+        return metrics
+
+    def train_iteration(self) -> dict[str, float]:
+        grpo, timers = self.config.grpo, {}
+        self.policy.eval()
+        with timed(timers, "trunks"):
+            self.counters["episodes/started"] += self.rollout.restart_ended_trunks()
+            self.rollout.drive_trunks(grpo.trunk_steps)
+        with timed(timers, "branch"):
+            self.rollout.branch_point()
+            picture_due = _due(self.iteration, self.config.logger.picture_every)
+            batch = self.rollout.drive_branches(record_positions=picture_due)
+        with timed(timers, "advantages"):
+            returns = discounted_returns(batch.rewards, grpo.discount)
+            if not torch.isfinite(returns).all():
+                self._stop_on_bad_returns(returns, batch.group_id)
+            advantages, keep, advantage_metrics = group_advantages(
+                returns, batch.group_id, group_size=grpo.group_size, scaling=grpo.advantage_scaling,
+                std_floor=grpo.std_floor, zero_std_groups=grpo.zero_std_groups)
+        with timed(timers, "selection"):
+            chosen = select_branches(returns, grpo.group_size, grpo.selection, grpo.selection_temperature,
+                                     self.shuffle_generator)
+            self.rollout.continue_from(chosen)
+        with timed(timers, "update"):
+            self.policy.train()
+            update_metrics = self.update(batch, advantages.to(self.device), keep.to(self.device))
+            self.scheduler.step()
+        self.iteration += 1
+        if self.reference is not None and grpo.reference == "sync" and self.iteration % grpo.reference_sync_every == 0:
+            self.reference.load_state_dict(self.policy.state_dict())
+
+        metrics = {**advantage_metrics, **update_metrics, **self._branch_metrics(batch, returns, chosen)}
+        with timed(timers, "eval"):
+            if _due(self.iteration, self.config.eval.every) or self.iteration == grpo.iterations:
+                metrics.update(self.evaluate())
+        metrics.update({f"time/{name}_s": seconds for name, seconds in timers.items()})
+        metrics["perf/env_steps_per_s"] = (grpo.trunk_steps + grpo.branch_horizon) * self.backend.num_worlds / max(
+            sum(timers[k] for k in ("trunks", "branch")), 1e-9)
+        metrics["env_steps"] = float(self.rollout.env_steps)
+        metrics.update({name: float(value) for name, value in self.counters.items()})
+        if _due(self.iteration, self.config.logger.log_every):
+            self.logger.log(metrics, self.iteration)
+        if picture_due:
+            self._log_group_picture(batch, returns)
+        with timed(timers, "checkpoint"):
+            if _due(self.iteration, self.config.checkpoint.every) or self.iteration == grpo.iterations:
+                state = self.state_dict()
+                save_checkpoint(state, self.checkpoints.last)
+                self.checkpoints.save_periodic(state, self.iteration)
+        return metrics
+
+    # --- update -----------------------------------------------------------------------------------------------
+
+    def update(self, batch: BranchBatch, advantages: Tensor, keep: Tensor) -> dict[str, float]:
+        """``num_epochs`` passes of minibatch updates; each minibatch holds whole branches (so per-branch
+        aggregation and the branch-level ratio are exact). Non-finite gradients skip the step."""
+        grpo = self.config.grpo
+        steps, num_branches = batch.log_probs.shape
+        branch_id = torch.arange(num_branches, device=self.device).expand(steps, -1)
+        valid = batch.valid & keep[None, :]
+        reference_log_probs = reference_kl = None
+        if self.reference is not None:
+            with torch.no_grad():
+                reference_dist = self.reference(batch.observations.flatten(0, 1))
+                reference_log_probs = reference_dist.log_prob(batch.raw_actions.flatten(0, 1)).view(steps, -1)
+        sums: dict[str, float] = defaultdict(float)
+        updates = 0
+        per_minibatch = num_branches // grpo.num_minibatches
+        for _ in range(grpo.num_epochs):
+            order = torch.randperm(num_branches, generator=self.shuffle_generator).to(self.device)
+            for start in range(0, num_branches, per_minibatch):
+                columns = order[start:start + per_minibatch]
+                mask = valid[:, columns].flatten()
+                if not mask.any():
+                    continue
+                dist = self.policy(batch.observations[:, columns].flatten(0, 1))
+                raw = batch.raw_actions[:, columns].flatten(0, 1)
+                if self.reference is not None and self.loss_config.kl_estimator == "analytic":
+                    with torch.no_grad():
+                        reference_dist = self.reference(batch.observations[:, columns].flatten(0, 1))
+                    reference_kl = dist.kl(reference_dist)
+                loss, loss_metrics = grpo_loss(
+                    dist.log_prob(raw), batch.log_probs[:, columns].flatten(),
+                    advantages[columns].expand(steps, -1).flatten(), branch_id[:, columns].flatten(),
+                    self.loss_config, entropy=dist.entropy(),
+                    logp_ref=None if reference_log_probs is None else reference_log_probs[:, columns].flatten(),
+                    kl_analytic=reference_kl, mask=mask, num_branches=len(columns))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), grpo.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.counters["updates/skipped"] += 1
+                    continue
+                self.optimizer.step()
+                updates += 1
+                sums["grad_norm"] += grad_norm.item()
+                for name, value in loss_metrics.items():
+                    sums[name] += float(value)
+        metrics = {name: value / max(updates, 1) for name, value in sums.items()}
+        metrics["updates/applied"] = float(updates)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    # --- evaluation, metrics, pictures --------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
+        self.policy.eval()
+        result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device)
+        score = result.metrics["eval/driving_score"]
+        if score > self.best_score:
+            self.best_score = score
+            save_checkpoint(self.state_dict(), self.checkpoints.best)
+        result.metrics["eval/best_driving_score"] = self.best_score
+        return result.metrics
+
+    def _branch_metrics(self, batch: BranchBatch, returns: Tensor, chosen: Tensor) -> dict[str, float]:
+        grpo = self.config.grpo
+        grouped = returns.view(-1, grpo.group_size)
+        chosen_returns = grouped.gather(1, chosen.view(-1, 1).to(grouped.device)).squeeze(1)
+        rank = (grouped > chosen_returns[:, None]).sum(1).double()  # 0 = the best branch was chosen
+        metrics = {
+            "selection/chosen_return": chosen_returns.mean().item(),
+            "selection/chosen_is_best": (rank == 0).double().mean().item(),
+            "selection/chosen_rank": rank.mean().item(),
+            "branch/return_mean": returns.mean().item(),
+            "branch/steps_valid_frac": batch.valid.float().mean().item(),
+        }
+        for name, values in batch.info.items():
+            metrics[f"branch/{name}"] = values.float().mean().item()
+        return metrics
+
+    def _log_group_picture(self, batch: BranchBatch, returns: Tensor) -> None:
+        """The G branches of trunk 0 on one bird's-eye image, each labelled with its return."""
+        if batch.positions is None or not hasattr(self.backend, "bank"):
+            return
+        from grpo.pictures import group_picture
+
+        image = group_picture(self.backend, batch.positions, returns[: self.config.grpo.group_size])
+        self.logger.log_image("pictures/group", image, self.iteration,
+                              caption=f"iteration {self.iteration}: {self.config.grpo.group_size} branches")
+
+    def _stop_on_bad_returns(self, returns: Tensor, group_id: Tensor) -> None:
+        bad = sorted(set(group_id[~torch.isfinite(returns)].tolist()))
+        saved = save_checkpoint(self.state_dict(), self.checkpoints.last)
+        raise TrainingError(f"the backend returned non-finite rewards in groups {bad[:8]} at iteration "
+                            f"{self.iteration}; state before this iteration saved to {saved}; check the reward "
+                            "weights in env.reward and the backend's step()")
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "best_score": self.best_score,
+            "counters": dict(self.counters),
+            "policy": self.policy.state_dict(),
+            "reference": None if self.reference is None else self.reference.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"sample": self.sample_generator.get_state(), "shuffle": self.shuffle_generator.get_state(),
+                    "torch": torch.get_rng_state()},
+            "rollout": self.rollout.state_dict(),
+            "observation_size": self.backend.observation_size,
+        }
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("observation_size") != self.backend.observation_size:
+            raise CheckpointError(f"{path} was trained on observations of size {state.get('observation_size')}, "
+                                  f"this environment gives {self.backend.observation_size}")
+        try:
+            self.policy.load_state_dict(state["policy"])
+            if self.reference is not None and state["reference"] is not None:
+                self.reference.load_state_dict(state["reference"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"{path} does not fit this run's policy/optimiser config "
+                                  f"({str(error).splitlines()[0][:200]})") from error
+        self.iteration = int(state["iteration"])
+        self.best_score = float(state["best_score"])
+        self.counters = defaultdict(float, state["counters"])
+        self.sample_generator.set_state(state["rng"]["sample"].cpu() if self.device.type == "cpu"
+                                        else state["rng"]["sample"])
+        self.shuffle_generator.set_state(state["rng"]["shuffle"].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.rollout.load_state_dict(state["rollout"])
+
+    def _progress_bar(self):
+        if not self.config.logger.progress_bar:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.config.grpo.iterations, initial=self.iteration, desc="GRPO", unit="it",
+                    dynamic_ncols=True)
+
+
+@contextmanager
+def timed(timers: dict[str, float], name: str):
+    start = time.perf_counter()
+    yield
+    timers[name] = timers.get(name, 0.0) + time.perf_counter() - start
+
+
+def _due(iteration: int, every: int) -> bool:
+    return every > 0 and iteration > 0 and iteration % every == 0
+
+
+def _key_figures(metrics: dict[str, float]) -> dict[str, str]:
+    keys = {"reward/mean": "R", "eval/driving_score": "DS", "kl": "kl", "perf/env_steps_per_s": "sps"}
+    return {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
