@@ -9,6 +9,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from envs.typed_config import ConfigError
@@ -18,8 +20,12 @@ from grpo.trainer import Trainer
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN:  # every job of a sweep gets its own checkpoints and logs
+        data["run_name"] = f"{data['run_name']}-{hydra_config.job.num}"
     try:
-        config = train_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        config = train_config_from_dict(data)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     metrics = Trainer(config).train()

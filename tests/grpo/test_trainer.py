@@ -148,3 +148,15 @@ def test_env_config_of_the_checkpoint_rebuilds_the_backend(tmp_path):
     Trainer(quiet_config(tmp_path, grpo={"iterations": 2})).train()
     state = load_checkpoint(tmp_path / "ckpt" / "t" / "last.pt")
     assert env_config_from_dict(state["config"]["env"]).backend_config.map == "straight"
+
+
+def test_multirun_sweep_gives_each_job_its_own_run(tmp_path):
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=smoke", "grpo.group_size=2,4",
+               "run_name=sweep", "grpo.iterations=2", "eval.every=0", "logger.wandb.mode=disabled",
+               "logger.progress_bar=false", f"checkpoint.dir={tmp_path / 'ckpt'}",
+               f"logger.log_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = {path.parent.name: load_checkpoint(path)["config"]["grpo"]["group_size"]
+             for path in (tmp_path / "ckpt").glob("*/last.pt")}
+    assert sizes == {"sweep-0": 2, "sweep-1": 4}
