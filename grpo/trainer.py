@@ -96,15 +96,7 @@ class Trainer:
 
     def train(self) -> dict[str, float]:
         """Run (or resume) training to ``grpo.iterations``; returns the last iteration's metrics."""
-        resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name)
-        if resume_from is not None:
-            self.load(resume_from)
-            print(f"resumed from {resume_from} at iteration {self.iteration}")
-        else:
-            self.rollout.start()
-        self.logger = RunLogger(self.config.logger, self.config.run_name, self.config.to_dict())
-        for notice in self.logger.notices:
-            print(notice)
+        self.begin()
         metrics: dict[str, float] = {}
         progress = self._progress_bar()
         try:
@@ -116,9 +108,26 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-            self.logger.close()
-            self.backend.close()
+            self.finish()
         return metrics
+
+    def begin(self) -> None:
+        """Resume from a checkpoint (``resume``) or start every trunk's first episode; open the logs."""
+        resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name)
+        if resume_from is not None:
+            self.load(resume_from)
+            print(f"resumed from {resume_from} at iteration {self.iteration}")
+        else:
+            self.rollout.start()
+        self.logger = RunLogger(self.config.logger, self.config.run_name, self.config.to_dict())
+        for notice in self.logger.notices:
+            print(notice)
+
+    def finish(self) -> None:
+        """Close the logs and the backend."""
+        if self.logger is not None:
+            self.logger.close()
+        self.backend.close()
 
     def train_iteration(self) -> dict[str, float]:
         grpo, timers = self.config.grpo, {}

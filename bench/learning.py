@@ -1,0 +1,120 @@
+"""Learning benchmark: driving score on held-out routes versus wall-clock training time.
+
+    python bench/learning.py                           # the default config, 30 minutes
+    python bench/learning.py --minutes 5 --eval-every-s 60 -- grpo.num_trunks=16   # Hydra overrides after --
+
+Trains with the default config (plus any overrides) and, every ``--eval-every-s`` seconds of training,
+evaluates the policy deterministically on ``--routes`` held-out routes. Evaluation time is not counted as
+training time. The random driver and the expert are evaluated once on the same routes as reference lines.
+Writes ``bench/results/learning_<name>.json`` and a PNG curve beside it (matplotlib, from the bench extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from grpo.baselines import build_baseline
+from grpo.config import EvalConfig, train_config_from_dict
+from grpo.evaluation import evaluate_policy
+from grpo.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget")
+    parser.add_argument("--eval-every-s", type=float, default=120.0)
+    parser.add_argument("--routes", type=int, default=32, help="held-out evaluation routes")
+    parser.add_argument("--name", default="default")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. grpo.group_size=16")
+    args = parser.parse_args()
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"run_name=learning-{args.name}", "logger.wandb.mode=disabled", "logger.progress_bar=false",
+            "eval.every=0", "grpo.iterations=1000000", "checkpoint.every=1000000", *args.overrides])
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    config = train_config_from_dict(data)
+    suite = EvalConfig(num_routes=args.routes, seed=0, deterministic=True)
+
+    references = {}
+    for name in ("random", "expert"):
+        references[name] = evaluate_policy(build_baseline(name), config.env, suite, config.device).metrics
+        print(f"{name:>7}: driving score {references[name]['eval/driving_score']:.1f}", flush=True)
+
+    trainer = Trainer(config)
+    trainer.begin()
+    curve = []
+
+    def evaluate(training_seconds: float) -> None:
+        trainer.policy.eval()
+        metrics = evaluate_policy(trainer.policy, config.env, suite, trainer.device).metrics
+        curve.append({"training_s": training_seconds, "iteration": trainer.iteration,
+                      "env_steps": trainer.rollout.env_steps, **metrics})
+        print(f"{training_seconds / 60:6.1f} min  it {trainer.iteration:5d}  driving score "
+              f"{metrics['eval/driving_score']:5.1f}  completion {metrics['eval/route_completion']:5.1f}  "
+              f"success {metrics['eval/success_rate']:.2f}", flush=True)
+
+    training_seconds, next_eval = 0.0, 0.0
+    try:
+        while training_seconds < 60 * args.minutes:
+            if training_seconds >= next_eval:
+                evaluate(training_seconds)
+                next_eval += args.eval_every_s
+            start = time.perf_counter()
+            trainer.train_iteration()
+            training_seconds += time.perf_counter() - start
+        evaluate(training_seconds)
+    finally:
+        trainer.finish()
+
+    result = {"machine": {"platform": platform.platform(), "processor": platform.machine(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__, "device": config.device},
+              "config": config.to_dict(), "budget_minutes": args.minutes, "routes": args.routes,
+              "curve": curve, "references": references, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"learning_{args.name}.json"
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, out.with_suffix(".png"))
+    best = max(point["eval/driving_score"] for point in curve)
+    print(f"best driving score {best:.1f} (final {curve[-1]['eval/driving_score']:.1f}); written to {out}")
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e .[bench]); skipping the PNG")
+        return
+    minutes = [p["training_s"] / 60 for p in result["curve"]]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(minutes, [p["eval/driving_score"] for p in result["curve"]], marker="o", label="GRPO policy")
+    colours = {"expert": "tab:green", "random": "tab:red"}
+    for name, metrics in result["references"].items():
+        axis.axhline(metrics["eval/driving_score"], linestyle="--", color=colours[name], label=name)
+    axis.set_xlabel("training wall-clock (minutes)")
+    axis.set_ylabel(f"driving score ({result['routes']} held-out routes)")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(f"Learning on {result['machine']['processor']}, {result['machine']['threads']} threads")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
