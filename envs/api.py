@@ -145,13 +145,27 @@ class Snapshot:
         except Exception as error:  # torch raises several types for corrupt input
             raise BackendError(f"not a valid snapshot ({type(error).__name__}: {error})") from error
 
+    @classmethod
+    def concat(cls, snapshots: Sequence[Snapshot]) -> Snapshot:
+        """One snapshot holding the worlds of ``snapshots`` in order (all from one kind of backend)."""
+        if not snapshots:
+            raise BackendError("cannot concatenate an empty list of snapshots")
+        first = snapshots[0]
+        for other in snapshots[1:]:
+            if (other.backend, other.signature) != (first.backend, first.signature) or \
+                    other.tensors.keys() != first.tensors.keys():
+                raise BackendError(f"cannot concatenate snapshots of {first.backend!r}/{first.signature} and "
+                                   f"{other.backend!r}/{other.signature}")
+        tensors = {k: torch.cat([s.tensors[k].cpu() for s in snapshots]) for k in first.tensors}
+        return cls(first.backend, first.signature, sum(s.num_worlds for s in snapshots), tensors, dict(first.meta))
+
     def select(self, indices: Sequence[int]) -> Snapshot:
         """The snapshot of a subset of its worlds, e.g. one trunk out of a batch snapshot."""
-        index = torch.as_tensor(list(indices), dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         if len(index) and (index.min() < 0 or index.max() >= self.num_worlds):
             raise BackendError(f"snapshot holds {self.num_worlds} worlds; cannot select {list(indices)}")
         return Snapshot(self.backend, self.signature, len(index),
-                        {k: v[index] for k, v in self.tensors.items()}, dict(self.meta))
+                        {k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()}, dict(self.meta))
 
 
 WorldIds = Sequence[int] | torch.Tensor | None

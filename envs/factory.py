@@ -26,10 +26,14 @@ class ServiceConfig:
 
     num_services: int = 1  # simulator instances; branches of a group are spread over them
     launcher: Literal["local", "ray"] = "local"  # local processes, or Ray actors on a cluster
+    worlds_per_service: int | None = None  # worlds each service hosts; null = enough for every branch of an
+    # iteration at once; fewer makes branches run in waves (a CARLA server hosts 1)
 
     def __post_init__(self) -> None:
         if self.num_services < 1:
             raise ValueError(f"env.num_services must be >= 1, got {self.num_services}")
+        if self.worlds_per_service is not None and self.worlds_per_service < 1:
+            raise ValueError(f"env.worlds_per_service must be >= 1 or null, got {self.worlds_per_service}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class EnvConfig:
     backend: str = "sim"
     services: ServiceConfig = field(default_factory=ServiceConfig)
     backend_config: Any = field(default_factory=SimConfig)
+
+    def capacity(self, wanted: int) -> int:
+        """Worlds to build for ``wanted`` concurrent worlds: all of them unless ``worlds_per_service`` caps it
+        (then the rollout runs in waves)."""
+        per_service = self.services.worlds_per_service
+        return wanted if per_service is None else min(wanted, per_service * self.services.num_services)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """The flat form users write and checkpoints store; :func:`env_config_from_dict` reads it back."""

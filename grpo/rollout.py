@@ -1,11 +1,15 @@
 """Snapshot -> branches -> returns -> selection, over any backend that meets envs.api.
 
-World layout: ``num_trunks * group_size`` worlds, world ``t * G + g`` being branch g of trunk t. At a branch
-point every group's leader (g = 0) is cloned into its G - 1 siblings, so all G branches start from the same
-world state, randomness included (common random numbers). Each branch is driven ``branch_horizon`` steps with
-the policy's own sampled actions; a branch that ends stays frozen and earns nothing more (the contract).
-After scoring, the chosen branch is cloned over its whole group, so the trunk continues from its end state.
-Trunk steps between branch points drive all G copies with the leader's action, keeping them identical.
+Each trunk (an episode in progress) is held as a :class:`~envs.api.Snapshot` between iterations. A branch
+*job* is (trunk t, branch g), N = T * G jobs per iteration. Jobs run in *waves* of at most ``capacity``
+worlds (all worlds of the backend, possibly spread over several services): a wave restores each job's
+trunk snapshot into a world, drives ``branch_horizon`` steps with the policy's own sampled actions, and
+snapshots the branch ends. All branches of a trunk therefore start from the same complete world state,
+randomness included (common random numbers), even when they run in different waves or services. A branch
+that ends stays frozen and earns nothing more (the backend contract). Selection makes the chosen branch's
+end state the trunk's new snapshot; trunk steps between branch points drive the trunk snapshots likewise.
+
+When the backend holds at least N worlds (the default), everything runs in one wave.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from grpo.config import GRPOConfig
 
 @dataclass
 class BranchBatch:
-    """One iteration's branches. H = branch horizon, S = trained steps (<= H), N = T * G branches."""
+    """One iteration's branches. H = branch horizon, S = trained steps (<= H), N = T * G branches, job
+    n = t * G + g."""
 
     observations: Tensor  # [S, N, obs_size], on the policy's device
     raw_actions: Tensor  # [S, N, action_dim] the policy's own action space
@@ -30,8 +35,9 @@ class BranchBatch:
     valid: Tensor  # [S, N] bool: the branch had not ended before this step
     rewards: Tensor  # [H, N] float32 (0 after a branch ended)
     group_id: Tensor  # [N] long: the trunk each branch belongs to
+    failed: Tensor  # [N] bool: the branch's service failed (its whole group is dropped)
     info: dict[str, Tensor] = field(default_factory=dict)  # per-branch summaries, [N]
-    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of group 0's branches, for pictures
+    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures
 
 
 def discounted_returns(rewards: Tensor, discount: float) -> Tensor:
@@ -56,25 +62,32 @@ def select_branches(returns: Tensor, group_size: int, rule: str, temperature: fl
     raise ValueError(f"selection must be 'best', 'random' or 'softmax', got {rule!r}")
 
 
+def waves(count: int, capacity: int) -> list[Tensor]:
+    """Job indices 0..count-1 split into consecutive waves of at most ``capacity``."""
+    return list(torch.arange(count).split(capacity))
+
+
 class BranchingRollout:
     """Drives the trunks and their branches on one backend; the trainer calls the phases in order."""
 
     def __init__(self, backend: Backend, policy: nn.Module, config: GRPOConfig, *, seed: int,
                  device: torch.device, generator: torch.Generator):
-        expected = config.num_trunks * config.group_size
-        if backend.num_worlds != expected:
-            raise ValueError(f"the backend has {backend.num_worlds} worlds; GRPO needs num_trunks * group_size = "
-                             f"{expected}")
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
-        group_size = config.group_size
-        self.group_id = torch.arange(config.num_trunks).repeat_interleave(group_size)
-        self.leaders = torch.arange(config.num_trunks) * group_size
+        self.capacity = backend.num_worlds
+        self.group_id = torch.arange(config.num_trunks).repeat_interleave(config.group_size)
         self.episodes_started = 0  # trunk episodes begun so far: the next episode seed's index
-        self.observations: Tensor | None = None  # [N, obs_size] current observations of every world
         self.env_steps = 0
+        self.trunks: Snapshot | None = None  # [T] the state of every trunk between iterations
+        self.trunk_done = torch.zeros(config.num_trunks, dtype=torch.bool)
+        self._branch_ends: Snapshot | None = None
+        self._branch_done = torch.zeros(len(self.group_id), dtype=torch.bool)
 
-    # --- phase 0: trunks --------------------------------------------------------------------------------
+    @property
+    def num_waves(self) -> int:
+        return len(waves(len(self.group_id), self.capacity))
+
+    # --- trunks -----------------------------------------------------------------------------------------
 
     def _episode_seeds(self, count: int) -> list[int]:
         """Fresh, reproducible episode seeds for ``count`` new trunk episodes (training seed range)."""
@@ -82,119 +95,157 @@ class BranchingRollout:
         self.episodes_started += count
         return rng.mix(self.seed, index, 0x7A1).tolist()
 
+    def _new_episodes(self, count: int) -> Snapshot:
+        parts = []
+        for wave in waves(count, self.capacity):
+            worlds = torch.arange(len(wave))
+            self.backend.reset(self._episode_seeds(len(wave)), worlds)
+            parts.append(self.backend.snapshot(worlds))
+        return Snapshot.concat(parts)
+
     def start(self) -> None:
-        """Begin an episode on every trunk (all G copies of a trunk start identical)."""
-        trunks = self.config.num_trunks
-        seeds = torch.tensor(self._episode_seeds(trunks)).repeat_interleave(self.config.group_size)
-        self.observations = self.backend.reset(seeds.tolist())
-        self._done = torch.zeros(self.backend.num_worlds, dtype=torch.bool)
+        """Begin an episode on every trunk. Every world is reset once first, so worlds left idle by a
+        partial wave still hold a valid (if unused) episode when the backend steps them."""
+        self.backend.reset(self.seed)
+        self.trunks = self._new_episodes(self.config.num_trunks)
+        self.trunk_done.zero_()
 
     def restart_ended_trunks(self) -> int:
         """Start a new episode on every trunk whose episode has ended; returns how many."""
-        ended = self._done[self.leaders].nonzero().flatten()
+        ended = self.trunk_done.nonzero().flatten()
         if len(ended) == 0:
             return 0
-        group_size = self.config.group_size
-        worlds = (self.leaders[ended][:, None] + torch.arange(group_size)[None, :]).flatten()
-        seeds = torch.tensor(self._episode_seeds(len(ended))).repeat_interleave(group_size)
-        self.observations[worlds] = self.backend.reset(seeds.tolist(), worlds).to(self.observations.device)
-        self._done[worlds] = False
+        fresh = self._new_episodes(len(ended))
+        order = torch.arange(self.config.num_trunks)
+        order[ended] = self.config.num_trunks + torch.arange(len(ended))  # index into [trunks, fresh]
+        self.trunks = Snapshot.concat([self.trunks, fresh]).select(order)
+        self.trunk_done[ended] = False
         return len(ended)
 
     @torch.no_grad()
     def drive_trunks(self, steps: int) -> None:
-        """Single-mode steps: every copy of a trunk takes its leader's sampled action (copies stay equal)."""
-        for _ in range(steps):
-            leader_obs = self.observations[self.leaders].to(self.device)
-            _, control, _ = self.policy.act(leader_obs, generator=self.generator)
-            actions = control.repeat_interleave(self.config.group_size, dim=0)
-            self._step(actions)
+        """Single-mode steps between branch points, with the policy's sampled actions (not trained on)."""
+        if steps == 0:
+            return
+        parts = []
+        for wave in waves(self.config.num_trunks, self.capacity):
+            worlds = torch.arange(len(wave))
+            obs = self.backend.restore(self.trunks.select(wave), worlds)
+            done = self.trunk_done[wave].clone()
+            for _ in range(steps):
+                _, control, _ = self.policy.act(obs.to(self.device), generator=self.generator)
+                result, failed = self._step(control, len(wave))
+                obs = result.observation[: len(wave)]
+                done |= (result.terminated | result.truncated)[: len(wave)].cpu() | failed
+            parts.append(self.backend.snapshot(worlds))
+            self.trunk_done[wave] = done
+        self.trunks = Snapshot.concat(parts)
 
-    # --- phase 1: snapshot -> branches --------------------------------------------------------------------
-
-    def branch_point(self) -> None:
-        """Every group's leader is copied into its siblings (the fast in-service path of snapshot/restore)."""
-        worlds = torch.arange(self.backend.num_worlds)
-        siblings = worlds[worlds % self.config.group_size != 0]
-        self.backend.clone(self.group_id[siblings] * self.config.group_size, siblings)
-        self.observations = self.backend.observe()
-        self._done = torch.zeros(self.backend.num_worlds, dtype=torch.bool)
+    # --- snapshot -> branches ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def drive_branches(self, record_positions: bool = False) -> BranchBatch:
-        """Drive every branch ``branch_horizon`` steps with its own sampled actions."""
-        horizon, trained = self.config.branch_horizon, self.config.trained_steps
-        observations, raw_actions, log_probs, valid, rewards = [], [], [], [], []
+        """Every branch of every trunk restored from its trunk's snapshot and driven ``branch_horizon`` steps
+        with its own sampled actions, in waves of at most ``capacity`` worlds."""
+        config = self.config
+        horizon, trained, jobs = config.branch_horizon, config.trained_steps, len(self.group_id)
+        batch: dict[str, list] = {"obs": [], "raw": [], "logp": [], "valid": [], "rewards": []}
+        failed = torch.zeros(jobs, dtype=torch.bool)
+        done = torch.zeros(jobs, dtype=torch.bool)
         events: dict[str, Tensor] = {}
-        speed_sum = torch.zeros(self.backend.num_worlds)
-        positions = [self._group0_positions()] if record_positions else None
-        for step in range(horizon):
-            obs = self.observations.to(self.device)
-            raw, control, log_prob = self.policy.act(obs, generator=self.generator)
-            alive = ~self._done
-            result = self._step(control)
-            if step < trained:
-                observations.append(obs)
-                raw_actions.append(raw)
-                log_probs.append(log_prob)
-                valid.append(alive.to(self.device))
-            rewards.append(result.reward.detach().float().cpu())
-            if "speed" in result.info:
-                speed_sum += _cpu_float(result.info["speed"])
-            for name, value in result.info.items():
-                if value.dtype == torch.bool:
-                    events[name] = events.get(name, torch.zeros_like(value, device="cpu")) | value.cpu()
-            if record_positions:
-                positions.append(self._group0_positions())
+        speed_sum = torch.zeros(jobs)
+        completion = torch.zeros(jobs)
+        ends, positions = [], None
+        for wave_index, wave in enumerate(waves(jobs, self.capacity)):
+            worlds = torch.arange(len(wave))
+            obs = self.backend.restore(self.trunks.select(self.group_id[wave]), worlds)
+            wave_done = self.trunk_done[self.group_id[wave]].clone()
+            recording = record_positions and wave_index == 0
+            wave_positions = [self._positions(config.group_size)] if recording else None
+            columns: dict[str, list] = {key: [] for key in batch}
+            for step in range(horizon):
+                obs = obs.to(self.device)
+                raw, control, log_prob = self.policy.act(obs, generator=self.generator)
+                alive = ~wave_done
+                result, wave_failed = self._step(control, len(wave))
+                failed[wave] |= wave_failed
+                if step < trained:
+                    columns["obs"].append(obs)
+                    columns["raw"].append(raw)
+                    columns["logp"].append(log_prob)
+                    columns["valid"].append(alive.to(self.device))
+                columns["rewards"].append(result.reward[: len(wave)].detach().float().cpu())
+                for name, value in result.info.items():
+                    if value.dtype == torch.bool:
+                        events.setdefault(name, torch.zeros(jobs, dtype=torch.bool))[wave] |= value[: len(wave)].cpu()
+                if "speed" in result.info:
+                    speed_sum[wave] += result.info["speed"][: len(wave)].detach().float().cpu()
+                if "route_completion" in result.info:
+                    completion[wave] = result.info["route_completion"][: len(wave)].detach().float().cpu()
+                wave_done |= (result.terminated | result.truncated)[: len(wave)].cpu()
+                obs = result.observation[: len(wave)]
+                if recording:
+                    wave_positions.append(self._positions(config.group_size))
+            done[wave] = wave_done
+            ends.append(self.backend.snapshot(worlds))
+            for key, values in columns.items():
+                batch[key].append(torch.stack(values))
+            if recording:
+                positions = torch.stack(wave_positions)
+        self._branch_ends = Snapshot.concat(ends)
+        self._branch_done = done | failed
         info = {name: happened.float() for name, happened in events.items()}
-        info["ended"] = self._done.float()
-        info["speed"] = speed_sum / horizon
-        if "route_completion" in result.info:
-            info["route_completion"] = _cpu_float(result.info["route_completion"])
-        return BranchBatch(torch.stack(observations), torch.stack(raw_actions), torch.stack(log_probs),
-                           torch.stack(valid), torch.stack(rewards), self.group_id.clone(), info,
-                           torch.stack(positions) if record_positions else None)
+        info.update(ended=done.float(), speed=speed_sum / horizon, route_completion=completion)
+        return BranchBatch(torch.cat(batch["obs"], 1), torch.cat(batch["raw"], 1), torch.cat(batch["logp"], 1),
+                           torch.cat(batch["valid"], 1), torch.cat(batch["rewards"], 1), self.group_id.clone(),
+                           failed, info, positions)
 
-    # --- phase 3: selection --------------------------------------------------------------------------------
+    # --- selection -------------------------------------------------------------------------------------------------
 
-    def continue_from(self, chosen: Tensor) -> None:
-        """Each trunk continues from its chosen branch (index within the group, [T])."""
+    def continue_from(self, chosen: Tensor, dropped: Tensor | None = None) -> None:
+        """Each trunk continues from its chosen branch's end (``chosen`` [T], an index within the group);
+        trunks whose group was ``dropped`` [T] (bool) keep their snapshot and branch again next time."""
         group_size = self.config.group_size
-        sources = (self.leaders + chosen).repeat_interleave(group_size)
-        targets = torch.arange(self.backend.num_worlds)
-        self.backend.clone(sources, targets)
-        self.observations = self.backend.observe()
-        self._done = self._done[sources]
+        jobs = torch.arange(self.config.num_trunks) * group_size + chosen.cpu()
+        if dropped is not None:
+            keep = ~dropped.cpu()
+            order = torch.where(keep, jobs, len(self.group_id) + torch.arange(self.config.num_trunks))
+            self.trunks = Snapshot.concat([self._branch_ends, self.trunks]).select(order)
+            self.trunk_done = torch.where(keep, self._branch_done[jobs], self.trunk_done)
+        else:
+            self.trunks = self._branch_ends.select(jobs)
+            self.trunk_done = self._branch_done[jobs].clone()
 
-    # --- helpers ----------------------------------------------------------------------------------------------
+    # --- helpers ----------------------------------------------------------------------------------------------------
 
-    def _step(self, actions: Tensor):
-        result = self.backend.step(actions.to(self.backend.device))
-        self.observations = result.observation
-        self._done = self._done | (result.terminated | result.truncated).cpu()
-        self.env_steps += self.backend.num_worlds
-        return result
+    def _step(self, control: Tensor, live: int):
+        """Step the backend; worlds past ``live`` (idle in a partial wave) get zero controls. Returns the
+        result and which of the live worlds' services failed on this step."""
+        actions = torch.zeros(self.backend.num_worlds, control.shape[1], device=self.backend.device)
+        actions[:live] = control.to(self.backend.device)
+        result = self.backend.step(actions)
+        self.env_steps += live
+        failed = result.info.get("service_failed")
+        failed = torch.zeros(live, dtype=torch.bool) if failed is None else failed[:live].cpu()
+        return result, failed
 
-    def _group0_positions(self) -> Tensor:
-        """Ego positions [G, 2] of trunk 0's branches where the backend exposes them (built-in simulator)."""
+    def _positions(self, count: int) -> Tensor:
+        """Ego positions [count, 2] of worlds 0..count-1 where the backend exposes them (built-in simulator)."""
         state = getattr(self.backend, "state", None)
         if state is None:
-            return torch.zeros(self.config.group_size, 2)
-        ids = torch.arange(self.config.group_size, device=state.floats.device)
+            return torch.zeros(count, 2)
+        ids = torch.arange(min(count, self.backend.num_worlds), device=state.floats.device)
         return torch.stack([state.x[ids], state.y[ids]], dim=-1).cpu()
 
     def state_dict(self) -> dict:
-        snapshot = self.backend.snapshot()
-        return {"episodes_started": self.episodes_started, "env_steps": self.env_steps, "done": self._done.clone(),
-                "snapshot": {"backend": snapshot.backend, "signature": snapshot.signature,
-                             "num_worlds": snapshot.num_worlds, "tensors": snapshot.tensors, "meta": snapshot.meta}}
+        trunks = self.trunks
+        return {"episodes_started": self.episodes_started, "env_steps": self.env_steps,
+                "trunk_done": self.trunk_done.clone(),
+                "trunks": {"backend": trunks.backend, "signature": trunks.signature,
+                           "num_worlds": trunks.num_worlds, "tensors": trunks.tensors, "meta": trunks.meta}}
 
     def load_state_dict(self, state: dict) -> None:
         self.episodes_started = int(state["episodes_started"])
         self.env_steps = int(state["env_steps"])
-        self.observations = self.backend.restore(Snapshot(**state["snapshot"]))
-        self._done = state["done"].clone()
-
-
-def _cpu_float(value: Tensor) -> Tensor:
-    return value.detach().float().cpu()
+        self.trunk_done = state["trunk_done"].cpu().clone()
+        self.trunks = Snapshot(**state["trunks"])

@@ -71,7 +71,7 @@ class Trainer:
         grpo = config.grpo
         seed_everything(config.seed, config.deterministic)
         self.device = torch.device(config.device)
-        self.backend = build_backend(config.env, num_worlds=grpo.num_trunks * grpo.group_size)
+        self.backend = build_backend(config.env, num_worlds=config.env.capacity(grpo.num_trunks * grpo.group_size))
         self.policy = build_policy(self.backend.observation_size, config.policy).to(self.device)
         self.reference = None
         if grpo.reference != "none":
@@ -135,21 +135,25 @@ class Trainer:
         with timed(timers, "trunks"):
             self.counters["episodes/started"] += self.rollout.restart_ended_trunks()
             self.rollout.drive_trunks(grpo.trunk_steps)
-        with timed(timers, "branch"):
-            self.rollout.branch_point()
+        with timed(timers, "branch"):  # snapshot -> branches (restored from each trunk's snapshot)
             picture_due = _due(self.iteration, self.config.logger.picture_every)
             batch = self.rollout.drive_branches(record_positions=picture_due)
         with timed(timers, "advantages"):
             returns = discounted_returns(batch.rewards, grpo.discount)
+            # A group with a branch on a service that failed is dropped whole; its trunk branches again.
+            dropped = batch.failed.view(-1, grpo.group_size).any(dim=1)
+            self.counters["groups/dropped_service_failure"] += int(dropped.sum())
+            returns = torch.where(dropped.repeat_interleave(grpo.group_size), 0.0, returns)
             if not torch.isfinite(returns).all():
                 self._stop_on_bad_returns(returns, batch.group_id)
             advantages, keep, advantage_metrics = group_advantages(
                 returns, batch.group_id, group_size=grpo.group_size, scaling=grpo.advantage_scaling,
                 std_floor=grpo.std_floor, zero_std_groups=grpo.zero_std_groups)
+            keep &= ~dropped.repeat_interleave(grpo.group_size)
         with timed(timers, "selection"):
             chosen = select_branches(returns, grpo.group_size, grpo.selection, grpo.selection_temperature,
                                      self.shuffle_generator)
-            self.rollout.continue_from(chosen)
+            self.rollout.continue_from(chosen, dropped)
         with timed(timers, "update"):
             self.policy.train()
             update_metrics = self.update(batch, advantages.to(self.device), keep.to(self.device))
@@ -163,8 +167,10 @@ class Trainer:
             if _due(self.iteration, self.config.eval.every) or self.iteration == grpo.iterations:
                 metrics.update(self.evaluate())
         metrics.update({f"time/{name}_s": seconds for name, seconds in timers.items()})
-        metrics["perf/env_steps_per_s"] = (grpo.trunk_steps + grpo.branch_horizon) * self.backend.num_worlds / max(
-            sum(timers[k] for k in ("trunks", "branch")), 1e-9)
+        steps = (grpo.trunk_steps + grpo.branch_horizon * grpo.group_size) * grpo.num_trunks
+        metrics["perf/env_steps_per_s"] = steps / max(timers["trunks"] + timers["branch"], 1e-9)
+        metrics["perf/waves"] = float(self.rollout.num_waves)
+        metrics["services/restarts"] = float(getattr(self.backend, "restarts", 0))
         metrics["env_steps"] = float(self.rollout.env_steps)
         metrics.update({name: float(value) for name, value in self.counters.items()})
         if _due(self.iteration, self.config.logger.log_every):

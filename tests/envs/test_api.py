@@ -73,3 +73,15 @@ def test_observation_layout_is_contiguous():
     assert ordered[0].start == 0
     assert all(a.stop == b.start for a, b in zip(ordered[:-1], ordered[1:], strict=True))
     assert OBSERVATION_LAYOUT.size == ordered[-1].stop == 8 + 20 + 72 + 20 + 5
+
+
+def test_concat_keeps_world_order_and_refuses_mixed_kinds():
+    a, b = make_snapshot(), make_snapshot()
+    both = Snapshot.concat([a, b.select([1])])
+    assert both.num_worlds == 4
+    assert torch.equal(both.tensors["floats"][3], b.tensors["floats"][1])
+    other = Snapshot("carla", "abc", 1, {"floats": torch.zeros(1, 5), "ints": torch.zeros(1, 2)})
+    with pytest.raises(BackendError, match="cannot concatenate"):
+        Snapshot.concat([a, other])
+    with pytest.raises(BackendError, match="empty"):
+        Snapshot.concat([])
