@@ -46,6 +46,15 @@ class BackendError(RuntimeError):
     """A backend was used in a way its contract forbids; the message says how to fix the call."""
 
 
+class ServiceFailure(BackendError):
+    """A simulator service (a worker process, a Ray actor, a CARLA server) died, timed out or failed a call.
+    ``index`` says which. The multi-service backend has restarted it by the time a caller sees this."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(f"service {index}: {message}")
+        self.index = index
+
+
 @dataclass(frozen=True)
 class ObservationLayout:
     """Names the slices of the flat observation vector, so policies and tests never use magic indices.
@@ -223,15 +232,18 @@ def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | st
     return ids.to(device)
 
 
-def check_actions(actions: torch.Tensor, num_worlds: int) -> None:
+def check_actions(actions: torch.Tensor, num_worlds: int, action_size: int = ACTION_SIZE) -> None:
     """Reject actions a backend cannot apply: wrong shape or non-finite values. Out-of-range values are
-    clipped by the backend, as CARLA does."""
+    clipped by the backend, as CARLA does. ``action_size`` is the number of action values per world: CARLA's
+    control by default, k for a backend acting in another Box (envs.gym_backend)."""
+    if action_size == ACTION_SIZE:
+        shape, meaning = f"[{num_worlds}, {ACTION_SIZE}]", "(throttle, brake, steer per world)"
+    else:
+        shape, meaning = f"[{num_worlds}, {action_size}]", f"({action_size} action values per world)"
     if not isinstance(actions, torch.Tensor):
-        raise BackendError(f"actions must be a torch.Tensor of shape [{num_worlds}, {ACTION_SIZE}], "
-                           f"got {type(actions).__name__}")
-    if actions.shape != (num_worlds, ACTION_SIZE):
-        raise BackendError(f"actions must have shape [{num_worlds}, {ACTION_SIZE}] "
-                           f"(throttle, brake, steer per world), got {list(actions.shape)}")
+        raise BackendError(f"actions must be a torch.Tensor of shape {shape}, got {type(actions).__name__}")
+    if actions.shape != (num_worlds, action_size):
+        raise BackendError(f"actions must have shape {shape} {meaning}, got {list(actions.shape)}")
     if not torch.isfinite(actions).all():
         bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise BackendError(f"actions contain NaN or inf (worlds {bad}...); check the policy's outputs")

@@ -71,7 +71,11 @@ def check_snapshot_contract(make_backend: Callable[[], Backend], *, seed: int = 
     replay[:, second] = replay[:, first]
 
     obs_a = backend.reset(seed)
-    obs_b = make_backend().reset(seed)
+    twin = make_backend()
+    try:
+        obs_b = twin.reset(seed)
+    finally:
+        twin.close()
     _expect_equal("reset with the same seed", "observations", obs_a.cpu(), obs_b.cpu(), atol)
 
     _rollout(backend, warmup, first)

@@ -8,7 +8,6 @@ instances, launched how) from the backend's own keys and types both.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,12 +25,20 @@ class ServiceConfig:
 
     num_services: int = 1  # simulator instances; branches of a group are spread over them
     launcher: Literal["local", "ray"] = "local"  # local processes, or Ray actors on a cluster
+    ray_address: str | None = None  # Ray cluster to join (e.g. "ray://head:10001"); null = start a local Ray
+    ray_cpus_per_service: float = 1.0  # CPUs each Ray actor reserves (a service steps with one thread)
+    start_timeout_s: float = 120.0  # a service that is not ready this long after starting is an error
+    call_timeout_s: float = 300.0  # a call unanswered this long counts as a dead service (restarted)
     worlds_per_service: int | None = None  # worlds each service hosts; null = enough for every branch of an
     # iteration at once; fewer makes branches run in waves (a CARLA server hosts 1)
 
     def __post_init__(self) -> None:
         if self.num_services < 1:
             raise ValueError(f"env.num_services must be >= 1, got {self.num_services}")
+        if self.ray_cpus_per_service <= 0:
+            raise ValueError(f"env.ray_cpus_per_service must be > 0, got {self.ray_cpus_per_service}")
+        if self.start_timeout_s <= 0 or self.call_timeout_s <= 0:
+            raise ValueError("env.start_timeout_s and env.call_timeout_s must be positive")
         if self.worlds_per_service is not None and self.worlds_per_service < 1:
             raise ValueError(f"env.worlds_per_service must be >= 1 or null, got {self.worlds_per_service}")
 
@@ -74,10 +81,12 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
     if split is not None:
         overrides["split"] = split
     backend_config = dataclasses.replace(backend_config, **overrides)
-    if config.services.num_services > 1 or config.services.launcher != "local":
-        warnings.warn(f"env.num_services={config.services.num_services} / env.launcher="
-                      f"{config.services.launcher}: multi-service hosting is not built yet (issue 6); "
-                      "running all worlds in this process", stacklevel=2)
+    services = config.services
+    if services.num_services > 1 or services.launcher != "local":
+        from envs.services.launch import start_services
+
+        flat = dataclasses.replace(config, backend_config=backend_config).to_flat_dict()
+        return start_services(flat, backend_config.num_worlds, services)
     if config.backend == "sim":
         from envs.sim.world import DrivingSim
 

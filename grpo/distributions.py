@@ -13,6 +13,9 @@ the ratio and the KL only compare densities of the same raw sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.distributions import Beta, kl_divergence
@@ -49,9 +52,9 @@ class BetaActions:
     raw_to_control = staticmethod(raw_to_control)
 
     def __init__(self, alpha: Tensor, beta: Tensor) -> None:
-        if alpha.shape != beta.shape or alpha.dim() != 2 or alpha.shape[-1] != ACTION_DIM:
+        if alpha.shape != beta.shape or alpha.dim() != 2:
             raise ValueError(
-                f"alpha and beta must both have shape [N, {ACTION_DIM}]; got {tuple(alpha.shape)} and "
+                f"alpha and beta must both have shape [N, action_dim]; got {tuple(alpha.shape)} and "
                 f"{tuple(beta.shape)}"
             )
         self.alpha = alpha
@@ -109,3 +112,45 @@ class BetaActions:
     def kl(self, other: BetaActions) -> Tensor:
         """[N] KL(self || other) in closed form, summed over the action dimensions."""
         return kl_divergence(self._dist, other._dist).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class ActionMapping:
+    """How raw Beta samples in (0, 1)^k become a backend's actions.
+
+    ``driving`` (every driving backend): k = 2 (acceleration, steer) mapped by :func:`raw_to_control` to
+    CARLA's [throttle, brake, steer]. ``box`` (any gymnasium Box): k = len(low), each dimension mapped
+    affinely onto [low, high].
+    """
+
+    kind: Literal["driving", "box"] = "driving"
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "box" and (not self.low or len(self.low) != len(self.high)
+                                   or any(h <= lo for lo, h in zip(self.low, self.high, strict=True))):
+            raise ValueError(f"a box action mapping needs finite bounds with high > low, got {self.low}, {self.high}")
+
+    @property
+    def raw_dim(self) -> int:
+        return ACTION_DIM if self.kind == "driving" else len(self.low)
+
+    def to_env(self, raw: Tensor) -> Tensor:
+        if self.kind == "driving":
+            return raw_to_control(raw)
+        low = torch.tensor(self.low, dtype=raw.dtype, device=raw.device)
+        high = torch.tensor(self.high, dtype=raw.dtype, device=raw.device)
+        return low + raw * (high - low)
+
+
+DRIVING_ACTIONS = ActionMapping()
+
+
+def action_mapping_for(backend) -> ActionMapping:
+    """The mapping a backend needs: ``box`` when it declares ``action_bounds`` (low, high), else driving."""
+    bounds = getattr(backend, "action_bounds", None)
+    if bounds is None:
+        return DRIVING_ACTIONS
+    low, high = bounds
+    return ActionMapping("box", tuple(float(v) for v in low), tuple(float(v) for v in high))

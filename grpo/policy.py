@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from grpo.distributions import ACTION_DIM, BetaActions, raw_to_control
+from grpo.distributions import DRIVING_ACTIONS, ActionMapping, BetaActions
 
 PolicyKind = Literal["mlp", "cnn"]
 Activation = Literal["tanh", "relu", "elu"]
@@ -104,11 +104,11 @@ def _mlp(in_size: int, hidden_sizes: tuple[int, ...], activation: Activation) ->
 
 
 class _BetaHead(nn.Module):
-    """Features [N, F] -> BetaActions with alpha, beta = 1 + softplus(linear(features)) of shape [N, 2]."""
+    """Features [N, F] -> BetaActions with alpha, beta = 1 + softplus(linear(features)) of shape [N, k]."""
 
-    def __init__(self, in_size: int) -> None:
+    def __init__(self, in_size: int, action_dim: int) -> None:
         super().__init__()
-        self.linear = _init(nn.Linear(in_size, 2 * ACTION_DIM), HEAD_GAIN)
+        self.linear = _init(nn.Linear(in_size, 2 * action_dim), HEAD_GAIN)
 
     def forward(self, features: Tensor) -> BetaActions:
         alpha_logits, beta_logits = self.linear(features).chunk(2, dim=-1)
@@ -116,11 +116,11 @@ class _BetaHead(nn.Module):
 
 
 def _act(
-    actions: BetaActions, deterministic: bool, generator: torch.Generator | None
+    actions: BetaActions, mapping: ActionMapping, deterministic: bool, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The sampled (or modal) raw action, its control and its log-probability."""
+    """The sampled (or modal) raw action, the backend action it maps to, and its log-probability."""
     raw = actions.mode() if deterministic else actions.sample(generator)
-    return raw, raw_to_control(raw), actions.log_prob(raw)
+    return raw, mapping.to_env(raw), actions.log_prob(raw)
 
 
 def _check_obs(obs: Tensor, obs_size: int) -> None:
@@ -137,14 +137,15 @@ class MLPPolicy(nn.Module):
 
     uses_raster = False
 
-    def __init__(self, obs_size: int, config: PolicyConfig) -> None:
+    def __init__(self, obs_size: int, config: PolicyConfig, actions: ActionMapping = DRIVING_ACTIONS) -> None:
         super().__init__()
         if obs_size < 1:
             raise ValueError(f"obs_size must be >= 1; got {obs_size}")
         self.obs_size = obs_size
         self.config = config
+        self.actions = actions
         self.trunk, features = _mlp(obs_size, config.hidden_sizes, config.activation)
-        self.head = _BetaHead(features)
+        self.head = _BetaHead(features, actions.raw_dim)
 
     def forward(self, obs: Tensor, raster: Tensor | None = None) -> BetaActions:
         """The action distribution for observations [N, obs_size]."""
@@ -160,8 +161,9 @@ class MLPPolicy(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw actions [N, 2], controls [N, 3] and their log-probabilities [N]; the mode if deterministic."""
-        return _act(self(obs, raster), deterministic, generator)
+        """Raw actions [N, k], backend actions (controls [N, 3] when driving) and log-probabilities [N]; the
+        mode if deterministic."""
+        return _act(self(obs, raster), self.actions, deterministic, generator)
 
 
 class CNNPolicy(nn.Module):
@@ -173,12 +175,13 @@ class CNNPolicy(nn.Module):
 
     uses_raster = True
 
-    def __init__(self, obs_size: int, config: PolicyConfig) -> None:
+    def __init__(self, obs_size: int, config: PolicyConfig, actions: ActionMapping = DRIVING_ACTIONS) -> None:
         super().__init__()
         if obs_size < 1:
             raise ValueError(f"obs_size must be >= 1; got {obs_size}")
         self.obs_size = obs_size
         self.config = config
+        self.actions = actions
         layers: list[nn.Module] = []
         in_channels = config.raster_channels
         for channels in config.conv_channels:
@@ -191,7 +194,7 @@ class CNNPolicy(nn.Module):
             dummy = torch.zeros(1, config.raster_channels, config.raster_size, config.raster_size)
             raster_features = self.encoder(dummy).shape[-1]
         self.trunk, features = _mlp(raster_features + obs_size, config.hidden_sizes, config.activation)
-        self.head = _BetaHead(features)
+        self.head = _BetaHead(features, actions.raw_dim)
 
     def forward(self, obs: Tensor, raster: Tensor | None = None) -> BetaActions:
         """The action distribution for observations [N, obs_size] and rasters [N, C, S, S]."""
@@ -215,15 +218,18 @@ class CNNPolicy(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw actions [N, 2], controls [N, 3] and their log-probabilities [N]; the mode if deterministic."""
-        return _act(self(obs, raster), deterministic, generator)
+        """Raw actions [N, k], backend actions (controls [N, 3] when driving) and log-probabilities [N]; the
+        mode if deterministic."""
+        return _act(self(obs, raster), self.actions, deterministic, generator)
 
 
-def build_policy(obs_size: int, config: PolicyConfig) -> MLPPolicy | CNNPolicy:
-    """The policy network ``config.kind`` names, for observation vectors of ``obs_size`` features."""
+def build_policy(obs_size: int, config: PolicyConfig,
+                 actions: ActionMapping = DRIVING_ACTIONS) -> MLPPolicy | CNNPolicy:
+    """The policy network ``config.kind`` names, for observation vectors of ``obs_size`` features, acting
+    through ``actions`` (driving controls by default)."""
     if config.kind == "mlp":
-        return MLPPolicy(obs_size, config)
+        return MLPPolicy(obs_size, config, actions)
     elif config.kind == "cnn":
-        return CNNPolicy(obs_size, config)
+        return CNNPolicy(obs_size, config, actions)
     else:
         raise ValueError(f"kind must be one of 'mlp', 'cnn'; got {config.kind!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from envs.api import Backend, Snapshot
+from envs.api import Backend, ServiceFailure, Snapshot
 from envs.sim import rng
 from grpo.config import GRPOConfig
 
@@ -130,7 +130,7 @@ class BranchingRollout:
         parts = []
         for wave in waves(self.config.num_trunks, self.capacity):
             worlds = torch.arange(len(wave))
-            obs = self.backend.restore(self.trunks.select(wave), worlds)
+            obs = self._restore(self.trunks.select(wave), worlds)
             done = self.trunk_done[wave].clone()
             for _ in range(steps):
                 _, control, _ = self.policy.act(obs.to(self.device), generator=self.generator)
@@ -158,7 +158,8 @@ class BranchingRollout:
         ends, positions = [], None
         for wave_index, wave in enumerate(waves(jobs, self.capacity)):
             worlds = torch.arange(len(wave))
-            obs = self.backend.restore(self.trunks.select(self.group_id[wave]), worlds)
+            starts = self.trunks.select(self.group_id[wave])
+            obs = self._restore(starts, worlds)
             wave_done = self.trunk_done[self.group_id[wave]].clone()
             recording = record_positions and wave_index == 0
             wave_positions = [self._positions(config.group_size)] if recording else None
@@ -187,7 +188,11 @@ class BranchingRollout:
                 if recording:
                     wave_positions.append(self._positions(config.group_size))
             done[wave] = wave_done
-            ends.append(self.backend.snapshot(worlds))
+            try:
+                ends.append(self.backend.snapshot(worlds))
+            except ServiceFailure:  # the wave's end states are lost: drop its groups, keep their trunks
+                failed[wave] = True
+                ends.append(starts)
             for key, values in columns.items():
                 batch[key].append(torch.stack(values))
             if recording:
@@ -217,6 +222,13 @@ class BranchingRollout:
             self.trunk_done = self._branch_done[jobs].clone()
 
     # --- helpers ----------------------------------------------------------------------------------------------------
+
+    def _restore(self, snapshot: Snapshot, worlds: Tensor) -> Tensor:
+        """Restore, retrying once: a service that died since the last call has been restarted by then."""
+        try:
+            return self.backend.restore(snapshot, worlds)
+        except ServiceFailure:
+            return self.backend.restore(snapshot, worlds)
 
     def _step(self, control: Tensor, live: int):
         """Step the backend; worlds past ``live`` (idle in a partial wave) get zero controls. Returns the

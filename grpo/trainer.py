@@ -31,6 +31,7 @@ from grpo.checkpoint import (
     save_checkpoint,
 )
 from grpo.config import TrainConfig
+from grpo.distributions import action_mapping_for
 from grpo.evaluation import evaluate_policy
 from grpo.loss import grpo_loss
 from grpo.policy import build_policy
@@ -72,7 +73,8 @@ class Trainer:
         seed_everything(config.seed, config.deterministic)
         self.device = torch.device(config.device)
         self.backend = build_backend(config.env, num_worlds=config.env.capacity(grpo.num_trunks * grpo.group_size))
-        self.policy = build_policy(self.backend.observation_size, config.policy).to(self.device)
+        self.policy = build_policy(self.backend.observation_size, config.policy,
+                                   action_mapping_for(self.backend)).to(self.device)
         self.reference = None
         if grpo.reference != "none":
             self.reference = copy.deepcopy(self.policy).requires_grad_(False)

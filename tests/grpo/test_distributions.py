@@ -133,7 +133,27 @@ def test_log_prob_and_entropy_are_differentiable_in_the_concentrations():
 
 
 def test_wrong_shapes_raise():
-    with pytest.raises(ValueError, match=r"\[N, 2\]"):
-        BetaActions(torch.ones(3, 3) * 2, torch.ones(3, 3) * 2)
+    with pytest.raises(ValueError, match=r"\[N, action_dim\]"):
+        BetaActions(torch.ones(3, 3) * 2, torch.ones(3, 2) * 2)  # alpha and beta disagree
+    with pytest.raises(ValueError, match=r"\[N, action_dim\]"):
+        BetaActions(torch.ones(3) * 2, torch.ones(3) * 2)  # no batch dimension
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         raw_to_control(torch.zeros(4))
+
+
+def test_box_action_mapping():
+    from grpo.distributions import ActionMapping, action_mapping_for
+
+    mapping = ActionMapping("box", (-2.0, 0.0), (2.0, 10.0))
+    raw = torch.tensor([[0.0, 0.5], [1.0, 0.1]])
+    # each dimension maps affinely: u=0 -> low, u=1 -> high
+    assert mapping.to_env(raw).tolist() == [[-2.0, 5.0], [2.0, 1.0]]
+    assert mapping.raw_dim == 2
+    with pytest.raises(ValueError, match="high > low"):
+        ActionMapping("box", (1.0,), (1.0,))
+
+    class BoxBackend:
+        action_bounds = ([-1.0], [1.0])
+
+    assert action_mapping_for(BoxBackend()).kind == "box"
+    assert action_mapping_for(object()).kind == "driving"  # driving backends declare nothing

@@ -1,6 +1,8 @@
 """The trainer end to end: the smoke run through train.py, learning, exact resume, and failure handling."""
 
 import glob
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +162,42 @@ def test_multirun_sweep_gives_each_job_its_own_run(tmp_path):
     sizes = {path.parent.name: load_checkpoint(path)["config"]["grpo"]["group_size"]
              for path in (tmp_path / "ckpt").glob("*/last.pt")}
     assert sizes == {"sweep-0": 2, "sweep-1": 4}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+def test_training_on_two_services_in_waves_survives_a_killed_service(tmp_path, monkeypatch):
+    # 4 trunks x 4 branches = 16 branches on 2 services of 4 worlds: two waves per iteration.
+    config = quiet_config(tmp_path, env={"num_services": 2, "worlds_per_service": 4}, grpo={"iterations": 3})
+    trainer = Trainer(config)
+    pids = list(trainer.backend.pids)
+    real_step, steps = trainer.backend.step, []
+
+    def step_with_a_crash(actions):
+        steps.append(1)
+        if len(steps) == 30:  # in the middle of a wave of the second iteration
+            os.kill(trainer.backend.pids[1], signal.SIGKILL)
+        return real_step(actions)
+
+    monkeypatch.setattr(trainer.backend, "step", step_with_a_crash)
+    metrics = trainer.train()
+    assert trainer.iteration == 3  # training went on
+    assert metrics["perf/waves"] == 2
+    assert metrics["services/restarts"] == 1 and metrics["groups/dropped_service_failure"] >= 1
+    assert not any(_alive(pid) for pid in pids + list(trainer.backend.pids or []))
+
+
+def test_ctrl_c_stops_every_service(tmp_path, monkeypatch):
+    trainer = Trainer(quiet_config(tmp_path, env={"num_services": 2}))
+    pids = list(trainer.backend.pids)
+    monkeypatch.setattr(trainer, "train_iteration", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert pids and not any(_alive(pid) for pid in pids)

@@ -1,0 +1,63 @@
+"""The service side: executes contract calls on a backend, with transport-friendly arguments and results.
+
+Tensors cross the process boundary as numpy arrays and snapshots as ``Snapshot.to_bytes()``, so a service
+never unpickles code it received from a snapshot. Used by process workers and Ray actors alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.api import Snapshot
+
+
+def result_to_wire(result) -> dict[str, Any]:
+    return {"observation": result.observation.cpu().numpy(), "reward": result.reward.cpu().numpy(),
+            "terminated": result.terminated.cpu().numpy(), "truncated": result.truncated.cpu().numpy(),
+            "info": {k: v.cpu().numpy() for k, v in result.info.items()}}
+
+
+class ServiceHost:
+    """Owns one backend built from a flat env config; ``handle(method, *args)`` runs one call."""
+
+    def __init__(self, env_config: dict[str, Any], num_worlds: int, threads: int = 1):
+        from envs.factory import build_backend, env_config_from_dict
+
+        torch.set_num_threads(threads)
+        config = env_config_from_dict({**env_config, "num_services": 1, "launcher": "local"})
+        self.backend = build_backend(config, num_worlds=num_worlds)
+
+    def describe(self) -> dict[str, Any]:
+        return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size}
+
+    def handle(self, method: str, *args):
+        backend = self.backend
+        if method == "ping":
+            return "pong"
+        if method == "reset":
+            seeds, ids = args
+            return backend.reset(seeds, ids).cpu().numpy()
+        if method == "step":
+            (actions,) = args
+            return result_to_wire(backend.step(torch.as_tensor(actions, device=backend.device)))
+        if method == "observe":
+            (ids,) = args
+            return backend.observe(ids).cpu().numpy()
+        if method == "snapshot":
+            (ids,) = args
+            return backend.snapshot(ids).to_bytes()
+        if method == "restore":
+            data, ids = args
+            return backend.restore(Snapshot.from_bytes(data), ids).cpu().numpy()
+        if method == "clone":
+            src, dst = args
+            backend.clone(src, dst)
+            return None
+        raise ValueError(f"unknown service method {method!r}")
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(array, requirements=["C", "W"]))  # copies only read-only (Ray) arrays

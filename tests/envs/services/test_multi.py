@@ -1,0 +1,111 @@
+"""Several real service processes behind one backend: the contract, cross-service branching, failures and
+clean shutdown."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from envs.api import BackendError, ServiceFailure
+from envs.contract import check_snapshot_contract
+from envs.factory import build_backend, env_config_from_dict
+from envs.services.launch import split_worlds
+from envs.sim.config import SimConfig
+from envs.sim.world import DrivingSim
+
+STRAIGHT = {"map": "straight", "num_towns": 2}
+
+
+def services(num_services=2, **extra):
+    return env_config_from_dict({**STRAIGHT, "num_services": num_services, **extra})
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is not alive either.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+@pytest.fixture
+def backend():
+    backend = build_backend(services(), num_worlds=6)
+    yield backend
+    backend.close()
+
+
+def test_snapshot_contract_across_processes():
+    check_snapshot_contract(lambda: build_backend(services(), num_worlds=6), seed=2)
+
+
+def test_cross_service_restore_equals_in_service_restore(backend):
+    forward = torch.tensor([[0.6, 0.0, 0.05]]).repeat(6, 1)
+    backend.reset(0)
+    for _ in range(5):
+        backend.step(forward)
+    snapshot = backend.snapshot([0])  # world 0 lives on service 0
+    backend.restore(snapshot, [1])  # same service
+    backend.restore(snapshot, [4])  # other service
+    for _ in range(10):
+        result = backend.step(forward)
+    assert torch.equal(result.observation[1], result.observation[4])
+    assert torch.equal(result.reward[1], result.reward[4])
+    # ...and both equal the same snapshot replayed in a plain in-process simulator.
+    local = DrivingSim(SimConfig(num_worlds=1, **STRAIGHT))
+    local.restore(snapshot, [0])
+    for _ in range(10):
+        local_result = local.step(forward[:1])
+    assert torch.equal(local_result.observation[0], result.observation[4])
+
+
+def test_same_episodes_whatever_the_number_of_services():
+    one = build_backend(services(num_services=2), num_worlds=4)
+    two = build_backend(services(num_services=4), num_worlds=4)
+    try:
+        assert torch.equal(one.reset(7), two.reset(7))
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_killed_service_is_restarted_and_its_worlds_reported(backend):
+    backend.reset(0)
+    victim = backend.pids[1]
+    os.kill(victim, signal.SIGKILL)
+    result = backend.step(torch.zeros(6, 3))
+    assert result.info["service_failed"].tolist() == [False, False, False, True, True, True]
+    assert result.terminated[3:].all() and (result.reward[3:] == 0).all()
+    assert backend.restarts == 1 and backend.pids[1] != victim and process_alive(backend.pids[1])
+    assert not backend.step(torch.zeros(6, 3)).info["service_failed"].any()  # working again
+
+
+def test_close_leaves_no_processes():
+    backend = build_backend(services(num_services=3), num_worlds=3)
+    pids = backend.pids
+    assert all(process_alive(pid) for pid in pids)
+    backend.close()
+    assert not any(process_alive(pid) for pid in pids)
+
+
+def test_call_errors_do_not_restart_services(backend):
+    backend.reset(0)
+    other = DrivingSim(SimConfig(num_worlds=1, map="junction", num_towns=1))
+    other.reset(0)
+    with pytest.raises(BackendError, match="another map or town configuration"):
+        backend.restore(other.snapshot(), [4])
+    assert backend.restarts == 0
+
+
+def test_a_service_that_cannot_start_is_a_clear_error():
+    with pytest.raises(ServiceFailure, match="did not start within"):
+        build_backend(services(start_timeout_s=0.01), num_worlds=2)
+
+
+def test_split_worlds():
+    assert split_worlds(10, 4) == [3, 3, 2, 2]
+    with pytest.raises(BackendError, match="cannot be spread"):
+        split_worlds(2, 3)
