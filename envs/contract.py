@@ -20,9 +20,13 @@ class ContractError(AssertionError):
     """A backend broke a promise of the snapshot contract."""
 
 
-def random_actions(num_worlds: int, steps: int, seed: int) -> torch.Tensor:
-    """Reproducible, mostly-forward driving controls [steps, num_worlds, 3]."""
+def random_actions(num_worlds: int, steps: int, seed: int, bounds=None) -> torch.Tensor:
+    """Reproducible actions [steps, num_worlds, k]: mostly-forward driving controls (k = 3), or uniform in the
+    Box ``bounds`` = (low, high) of a backend that declares ``action_bounds``."""
     generator = torch.Generator().manual_seed(seed)
+    if bounds is not None:
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
+        return low + torch.rand(steps, num_worlds, len(low), generator=generator) * (high - low)
     actions = torch.rand(steps, num_worlds, ACTION_SIZE, generator=generator)
     actions[..., 1] *= 0.3  # brake lightly so worlds keep moving
     actions[..., 2] = (actions[..., 2] - 0.5) * 0.4  # steer in [-0.2, 0.2]
@@ -65,8 +69,9 @@ def check_snapshot_contract(make_backend: Callable[[], Backend], *, seed: int = 
         raise ContractError(f"the contract check needs >= 4 worlds, got {num_worlds}")
     half = num_worlds // 2
     first, second = torch.arange(half), torch.arange(half, 2 * half)
-    warmup = random_actions(num_worlds, warmup_steps, seed + 1)
-    replay = random_actions(num_worlds, replay_steps, seed + 2)
+    bounds = getattr(backend, "action_bounds", None)
+    warmup = random_actions(num_worlds, warmup_steps, seed + 1, bounds)
+    replay = random_actions(num_worlds, replay_steps, seed + 2, bounds)
     # The second half replays the first half's actions, so its trajectories can be compared with them.
     replay[:, second] = replay[:, first]
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envs.api import Backend
+from envs.gym_backend import GymConfig
 from envs.sim.config import SimConfig
 from envs.typed_config import ConfigError, from_dict, to_dict
 
-BACKEND_CONFIGS = {"sim": SimConfig}
+BACKEND_CONFIGS = {"sim": SimConfig, "gym": GymConfig}
 """Backend name -> its config dataclass. ``env=<name>`` in Hydra picks one."""
 
 
@@ -91,4 +92,8 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
         from envs.sim.world import DrivingSim
 
         return DrivingSim(backend_config)
+    if config.backend == "gym":
+        from envs.gym_backend import GymBackend
+
+        return GymBackend(backend_config)
     raise ConfigError(f"backend {config.backend!r} cannot be built")

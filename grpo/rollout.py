@@ -153,8 +153,8 @@ class BranchingRollout:
         failed = torch.zeros(jobs, dtype=torch.bool)
         done = torch.zeros(jobs, dtype=torch.bool)
         events: dict[str, Tensor] = {}
-        speed_sum = torch.zeros(jobs)
-        completion = torch.zeros(jobs)
+        speed_sum: Tensor | None = None  # filled only when the backend reports speed / route completion
+        completion: Tensor | None = None
         ends, positions = [], None
         for wave_index, wave in enumerate(waves(jobs, self.capacity)):
             worlds = torch.arange(len(wave))
@@ -180,8 +180,10 @@ class BranchingRollout:
                     if value.dtype == torch.bool:
                         events.setdefault(name, torch.zeros(jobs, dtype=torch.bool))[wave] |= value[: len(wave)].cpu()
                 if "speed" in result.info:
+                    speed_sum = torch.zeros(jobs) if speed_sum is None else speed_sum
                     speed_sum[wave] += result.info["speed"][: len(wave)].detach().float().cpu()
                 if "route_completion" in result.info:
+                    completion = torch.zeros(jobs) if completion is None else completion
                     completion[wave] = result.info["route_completion"][: len(wave)].detach().float().cpu()
                 wave_done |= (result.terminated | result.truncated)[: len(wave)].cpu()
                 obs = result.observation[: len(wave)]
@@ -200,7 +202,11 @@ class BranchingRollout:
         self._branch_ends = Snapshot.concat(ends)
         self._branch_done = done | failed
         info = {name: happened.float() for name, happened in events.items()}
-        info.update(ended=done.float(), speed=speed_sum / horizon, route_completion=completion)
+        info["ended"] = done.float()
+        if speed_sum is not None:
+            info["speed"] = speed_sum / horizon
+        if completion is not None:
+            info["route_completion"] = completion
         return BranchBatch(torch.cat(batch["obs"], 1), torch.cat(batch["raw"], 1), torch.cat(batch["logp"], 1),
                            torch.cat(batch["valid"], 1), torch.cat(batch["rewards"], 1), self.group_id.clone(),
                            failed, info, positions)

@@ -166,7 +166,8 @@ class Trainer:
 
         metrics = {**advantage_metrics, **update_metrics, **self._branch_metrics(batch, returns, chosen)}
         with timed(timers, "eval"):
-            if _due(self.iteration, self.config.eval.every) or self.iteration == grpo.iterations:
+            every = self.config.eval.every
+            if _due(self.iteration, every) or (every > 0 and self.iteration == grpo.iterations):
                 metrics.update(self.evaluate())
         metrics.update({f"time/{name}_s": seconds for name, seconds in timers.items()})
         steps = (grpo.trunk_steps + grpo.branch_horizon * grpo.group_size) * grpo.num_trunks

@@ -31,7 +31,9 @@ class ServiceHost:
         self.backend = build_backend(config, num_worlds=num_worlds)
 
     def describe(self) -> dict[str, Any]:
-        return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size}
+        bounds = getattr(self.backend, "action_bounds", None)
+        return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size,
+                "action_bounds": None if bounds is None else [list(map(float, b)) for b in bounds]}
 
     def handle(self, method: str, *args):
         backend = self.backend

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from envs.api import (
-    INFRACTIONS,
+    ACTION_SIZE,
     BackendError,
     ServiceFailure,
     Snapshot,
@@ -68,6 +68,10 @@ class MultiServiceBackend:
             self.close()
             raise
         self.observation_size = self.services[0].description["observation_size"]
+        bounds = self.services[0].description.get("action_bounds")
+        if bounds is not None:  # a backend acting in a Box (e.g. a gymnasium env): the policy must know it
+            self.action_bounds = tuple(bounds)
+        self.action_size = ACTION_SIZE if bounds is None else len(bounds[0])
         self._last_reset: list[tuple[list[int], list[int]] | None] = [None] * len(self.services)
 
     @property
@@ -128,7 +132,7 @@ class MultiServiceBackend:
         return self._gather("reset", ids, lambda pos, local: (seed_tensor[pos].tolist(), local.tolist()))
 
     def step(self, actions: torch.Tensor) -> StepResult:
-        check_actions(actions, self.num_worlds)
+        check_actions(actions, self.num_worlds, self.action_size)
         actions = actions.detach().cpu().numpy()
         starts = np.cumsum([0, *self.worlds_per_service])
         for index, service in enumerate(self.services):
@@ -138,14 +142,15 @@ class MultiServiceBackend:
                 pass  # noticed when its answer is awaited below
         parts, failed = [], torch.zeros(self.num_worlds, dtype=torch.bool)
         for index in range(len(self.services)):
-            count = self.worlds_per_service[index]
             try:
-                wire = self.services[index].receive()
-                parts.append(wire)
+                parts.append(self.services[index].receive())
             except ServiceFailure:
                 self._restart(index)
                 failed[starts[index]:starts[index + 1]] = True
-                parts.append(self._failed_part(index, count))
+                parts.append(None)
+        healthy = next((p for p in parts if p is not None), None)
+        parts = [self._failed_part(index, self.worlds_per_service[index], healthy) if part is None else part
+                 for index, part in enumerate(parts)]
         info_keys = parts[0]["info"].keys()
         result = StepResult(
             observation=torch.cat([to_tensor(p["observation"]) for p in parts]),
@@ -156,18 +161,15 @@ class MultiServiceBackend:
         result.info["service_failed"] = failed
         return result
 
-    def _failed_part(self, index: int, count: int) -> dict:
-        """What the worlds of a service that just failed report: fresh observations, no reward, ended."""
+    def _failed_part(self, index: int, count: int, healthy: dict | None) -> dict:
+        """What the worlds of a service that just failed report: fresh observations, no reward, ended, and
+        zeros for every info entry the healthy services report (none when every service failed)."""
         observation = self.services[index].call("observe", list(range(count)))
-        zeros = np.zeros(count, dtype=np.float32)
-        info = {key: np.zeros(count, dtype=np.bool_) for key in self._info_bool_keys()}
-        info.update({key: zeros.copy() for key in ("route_progress_m", "route_completion", "distance_m", "speed")})
-        return {"observation": observation, "reward": zeros, "terminated": np.ones(count, dtype=np.bool_),
-                "truncated": np.zeros(count, dtype=np.bool_), "info": info}
-
-    @staticmethod
-    def _info_bool_keys() -> list[str]:
-        return [*INFRACTIONS, "route_completed"]
+        info = {} if healthy is None else {key: np.zeros(count, dtype=value.dtype)
+                                           for key, value in healthy["info"].items()}
+        return {"observation": observation, "reward": np.zeros(count, dtype=np.float32),
+                "terminated": np.ones(count, dtype=np.bool_), "truncated": np.zeros(count, dtype=np.bool_),
+                "info": info}
 
     def observe(self, world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds)

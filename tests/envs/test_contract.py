@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from envs.contract import ContractError, check_snapshot_contract
+from envs.gym_backend import GymBackend, GymConfig
 from envs.sim.config import SimConfig
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
@@ -13,6 +14,7 @@ SMALL_TOWN = TownConfig(grid_size=3, num_routes=8, route_length_m=200.0)
 BACKENDS = {
     "sim-straight": lambda: DrivingSim(SimConfig(num_worlds=6, map="straight", num_towns=2)),
     "sim-procedural": lambda: DrivingSim(SimConfig(num_worlds=6, num_towns=2, town=SMALL_TOWN)),
+    "gym-pendulum": lambda: GymBackend(GymConfig(id="Pendulum-v1", num_worlds=6)),  # state API: bit-exact
 }
 
 

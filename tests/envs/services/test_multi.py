@@ -109,3 +109,20 @@ def test_split_worlds():
     assert split_worlds(10, 4) == [3, 3, 2, 2]
     with pytest.raises(BackendError, match="cannot be spread"):
         split_worlds(2, 3)
+
+
+def test_a_gymnasium_env_over_two_services_keeps_its_action_box():
+    backend = build_backend(env_config_from_dict({"backend": "gym", "id": "Pendulum-v1", "num_services": 2}),
+                            num_worlds=4)
+    try:
+        assert backend.action_bounds == ([-2.0], [2.0]) and backend.action_size == 1
+        backend.reset(0)
+        snapshot = backend.snapshot([0])
+        backend.restore(snapshot, [3])  # state-API snapshots travel between services
+        for _ in range(5):
+            result = backend.step(torch.full((4, 1), 0.5))
+        assert torch.equal(result.observation[0], result.observation[3])
+        with pytest.raises(BackendError, match=r"shape \[4, 1\]"):
+            backend.step(torch.zeros(4, 3))
+    finally:
+        backend.close()
