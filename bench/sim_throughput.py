@@ -1,17 +1,22 @@
 """Simulator throughput: world-steps per second and the cost of snapshot / restore / clone, per batch size.
 
-    python bench/sim_throughput.py                        # CPU, B in 1 64 1024 4096 8192
+    python bench/sim_throughput.py                        # CPU, the default busy world, B in 1 64 1024 4096 8192
     python bench/sim_throughput.py --device cuda --batch-sizes 1024 4096 16384 65536
+    python bench/sim_throughput.py --world empty          # no traffic, pedestrians or lights (the old road-only world)
+    python bench/sim_throughput.py --raster               # also time the bird's-eye raster observation
 
-Writes ``bench/results/sim_throughput_<device>.json`` and prints a markdown table. When highway-env is
-installed (``pip install -e .[bench]``) it also measures ``highway-fast-v0`` with continuous actions on the
-same machine and prints the ratio, both per step and per simulated second (a highway-env step covers
-1 / policy_frequency seconds, ours ``dt``).
+Runs from the repository root with ``PYTHONPATH=.`` and needs only torch (highway-env and gymnasium are
+optional). Writes ``bench/results/sim_throughput_<device>[_<world>].json`` and prints a markdown table. When
+highway-env is installed (``pip install -e .[bench]``) it also measures ``highway-fast-v0`` with continuous
+actions on the same machine and prints the ratio, both per step and per simulated second (a highway-env
+step covers 1 / policy_frequency seconds, ours ``dt``).
 
-Throughput is from the median step time (the mean is stored too), so a step preempted by another
-process does not distort the row. The ego is driven by a simple route follower computed outside the
-timed region, so the worlds drive realistically; worlds that end are reset between timed steps (reset
-cost is reported separately).
+The **busy** world is the default configuration (conf/env/sim.yaml): 12 traffic vehicles, 4 pedestrian
+slots and traffic lights per world. Throughput is given from the mean step time (the world spawns on every
+5th of its steps, so steps differ) and from the median (robust to a step preempted by another process);
+both are stored. The ego is driven by the rule-based expert, computed outside the timed region, so the
+worlds drive realistically; worlds that end are reset between timed steps (reset cost is reported
+separately).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from envs.sim.config import SimConfig
-from envs.sim.expert import route_follower
+from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
+from envs.sim.expert import ExpertDriver
 from envs.sim.world import DrivingSim
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,13 +54,22 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict:
-    sim = DrivingSim(SimConfig(num_worlds=num_worlds, device=device))
+WORLDS = {
+    "busy": {},
+    "empty": {"traffic": TrafficConfig(num_vehicles=0), "pedestrians": PedestrianConfig(num_pedestrians=0),
+              "lights": LightConfig(enabled=False)},
+}
+
+
+def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0, world: str = "busy",
+                raster: bool = False) -> dict:
+    sim = DrivingSim(SimConfig(num_worlds=num_worlds, device=device, **WORLDS[world]))
+    expert = ExpertDriver(vehicle=sim.config.vehicle)
     dev = sim.device
     obs = sim.reset(seed)
     step_times, reset_seconds, resets = [], 0.0, 0
     for step in range(steps + 5):
-        actions = route_follower(obs)
+        actions = expert(obs)
         synchronise(dev)
         start = time.perf_counter()
         result = sim.step(actions)
@@ -76,13 +90,14 @@ def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict
     snapshot = sim.snapshot()
     median = sorted(step_times)[len(step_times) // 2]
     mean = sum(step_times) / len(step_times)
-    return {
+    row = {
         "num_worlds": num_worlds,
+        "world": world,
         "step_ms": 1e3 * median,
         "step_ms_mean": 1e3 * mean,
-        "world_steps_per_s": num_worlds / median,
-        "world_steps_per_s_mean": num_worlds / mean,
-        "simulated_s_per_s": num_worlds * sim.config.dt / median,
+        "world_steps_per_s": num_worlds / mean,
+        "world_steps_per_s_median": num_worlds / median,
+        "simulated_s_per_s": num_worlds * sim.config.dt / mean,
         "clone_count": clone_count,
         "clone_us": 1e6 * timed(lambda: sim.clone(src, dst), dev, repeats),
         "snapshot_all_us": 1e6 * timed(lambda: sim.snapshot(), dev, repeats),
@@ -91,10 +106,15 @@ def measure_sim(num_worlds: int, device: str, steps: int, seed: int = 0) -> dict
         "resets": resets,
         "reset_us_per_world": 1e6 * reset_seconds / max(resets, 1),
     }
+    if raster:
+        row["raster_ms"] = 1e3 * timed(lambda: sim.observe_raster(), dev, 5)
+    return row
 
 
 def measure_highway(seconds: float) -> dict | None:
-    """``highway-fast-v0`` with continuous actions, random policy, single process."""
+    """``highway-fast-v0`` with continuous actions, random policy, single process (skipped: ``seconds`` <= 0)."""
+    if seconds <= 0:
+        return None
     try:
         import gymnasium as gym
         import highway_env  # noqa: F401  (registers the environments)
@@ -129,18 +149,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024, 4096, 8192])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per batch size")
-    parser.add_argument("--highway-seconds", type=float, default=5.0)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="busy",
+                        help="busy: the default config (traffic, pedestrians, lights); empty: the road only")
+    parser.add_argument("--raster", action="store_true", help="also time observe_raster() for all worlds")
+    parser.add_argument("--highway-seconds", type=float, default=5.0, help="0 skips highway-env")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     rows = []
     for num_worlds in args.batch_sizes:
-        row = measure_sim(num_worlds, args.device, args.steps)
+        row = measure_sim(num_worlds, args.device, args.steps, world=args.world, raster=args.raster)
         rows.append(row)
-        print(f"B={num_worlds:>6}: {row['world_steps_per_s']:>12,.0f} world-steps/s, "
+        print(f"B={num_worlds:>6}: {row['world_steps_per_s']:>12,.0f} world-steps/s (mean step), "
               f"clone {row['clone_count']} in {row['clone_us']:.0f} us", flush=True)
     highway = measure_highway(args.highway_seconds)
-    result = {"machine": machine(args.device), "sim": rows, "highway_env": highway,
+    result = {"machine": machine(args.device), "world": args.world, "sim": rows, "highway_env": highway,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if highway:
         best = max(rows, key=lambda r: r["world_steps_per_s"])
@@ -149,7 +172,8 @@ def main() -> None:
             "steps": best["world_steps_per_s"] / highway["steps_per_s"],
             "simulated_time": best["simulated_s_per_s"] / highway["simulated_s_per_s"],
         }
-    out = args.out or RESULTS / f"sim_throughput_{args.device.replace(':', '')}.json"
+    suffix = "" if args.world == "busy" else f"_{args.world}"
+    out = args.out or RESULTS / f"sim_throughput_{args.device.replace(':', '')}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(format_table(result))
@@ -157,15 +181,17 @@ def main() -> None:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}", "",
-             "| B | step ms (median / mean) | world-steps/s | sim-s per s | clone (us) | snapshot all (us) "
-             "| restore all (us) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    raster = any("raster_ms" in r for r in result["sim"])
+    lines = [f"Machine: {result['machine']}", f"World: {result.get('world', 'busy')}", "",
+             "| B | step ms (median / mean) | world-steps/s (mean / median) | sim-s per s | clone (us) "
+             "| snapshot all (us) | restore all (us) |" + (" raster (ms) |" if raster else ""),
+             "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if raster else "")]
     for r in result["sim"]:
         lines.append(f"| {r['num_worlds']} | {r['step_ms']:.2f} / {r['step_ms_mean']:.2f} | "
-                     f"{r['world_steps_per_s']:,.0f} | "
+                     f"{r['world_steps_per_s']:,.0f} / {r['world_steps_per_s_median']:,.0f} | "
                      f"{r['simulated_s_per_s']:,.0f} | {r['clone_us']:.0f} ({r['clone_count']} worlds) | "
-                     f"{r['snapshot_all_us']:.0f} | {r['restore_all_us']:.0f} |")
+                     f"{r['snapshot_all_us']:.0f} | {r['restore_all_us']:.0f} |"
+                     + (f" {r.get('raster_ms', float('nan')):.1f} |" if raster else ""))
     highway = result.get("highway_env")
     if highway:
         ratio = result["ratio_vs_highway"]

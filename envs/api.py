@@ -16,6 +16,7 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,15 @@ class ObservationLayout:
 
     All positions are in the ego frame: x forward, y to the left, metres divided by ``distance_scale``.
     Speeds are in m/s divided by ``speed_scale``.
+
+    * ``vehicles``: the ``num_vehicles`` nearest other vehicles within 2 x ``distance_scale``, nearest first:
+      position; cos and sin of their heading relative to the ego's; their own velocity (not relative to the
+      ego) expressed in the ego frame; length and width in metres / 5; valid (1, or 0 and all zeros for an
+      empty slot).
+    * ``pedestrians``: likewise, nearest first: position, velocity (0 while one waits), valid.
+    * ``light``: the next traffic light on the route whose stop line is at most 100 m ahead: one-hot
+      (red, yellow, green), the distance along the route from the ego's front bumper to the stop line
+      (/ ``distance_scale``), valid.
     """
 
     num_route_points: int = 10
@@ -112,7 +122,13 @@ class StepResult:
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     """Float tensors ``route_progress_m``, ``route_completion`` (percent), ``distance_m`` (driven this
     episode) and ``speed`` (m/s); bool tensors ``route_completed`` (the goal was reached on this step) and
-    one per entry of :data:`INFRACTIONS` that happened on this step. An ended world reports no events."""
+    one per entry of :data:`INFRACTIONS` that happened on this step. An ended world reports no events.
+
+    Events mark the step a thing *starts*: a collision once per contact (a vehicle, a pedestrian or the
+    static surroundings touched on this step and not on the previous one), ``red_light`` once per stop
+    line the ego's front bumper crosses on red, ``timeout`` and ``blocked`` on the step they are reached.
+    ``off_road`` and ``route_deviation`` are reported on every step they hold. envs.metrics folds these
+    into per-route driving scores."""
 
 
 @dataclass
@@ -219,6 +235,15 @@ class Backend(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def derive_episode_seeds(seed: int, world_ids: Sequence[int]) -> list[int]:
+    """Per-world episode seeds from one int seed, independent of which service or server hosts a world."""
+    out = []
+    for world in world_ids:
+        digest = hashlib.blake2b(f"{seed}:{int(world)}".encode(), digest_size=4).digest()
+        out.append(int.from_bytes(digest, "little"))
+    return out
 
 
 def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | str = "cpu") -> torch.Tensor:

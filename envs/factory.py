@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envs.api import Backend
+from envs.carla.config import CarlaConfig
 from envs.gym_backend import GymConfig
 from envs.sim.config import SimConfig
 from envs.typed_config import ConfigError, from_dict, to_dict
 
-BACKEND_CONFIGS = {"sim": SimConfig, "gym": GymConfig}
+BACKEND_CONFIGS = {"sim": SimConfig, "gym": GymConfig, "carla": CarlaConfig}
 """Backend name -> its config dataclass. ``env=<name>`` in Hydra picks one."""
 
 
@@ -83,6 +84,11 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
         overrides["split"] = split
     backend_config = dataclasses.replace(backend_config, **overrides)
     services = config.services
+    if config.backend == "carla":  # a CARLA server is the service: one backend drives all of them (envs/carla)
+        from envs.carla.backend import CarlaBackend
+
+        _check_carla_services(services, backend_config.num_worlds)
+        return CarlaBackend(backend_config, start_timeout_s=services.start_timeout_s)
     if services.num_services > 1 or services.launcher != "local":
         from envs.services.launch import start_services
 
@@ -97,3 +103,16 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
 
         return GymBackend(backend_config)
     raise ConfigError(f"backend {config.backend!r} cannot be built")
+
+
+def _check_carla_services(services: ServiceConfig, num_worlds: int) -> None:
+    """env=carla: each service is one CARLA server hosting one world, driven from this process."""
+    if services.launcher != "local":
+        raise ConfigError("env.launcher must be local for env=carla: the CARLA servers are the services (list "
+                          "servers on other machines in env.hosts)")
+    if services.worlds_per_service != 1:
+        raise ConfigError(f"env.worlds_per_service must be 1 for env=carla (a CARLA server hosts one ego), got "
+                          f"{services.worlds_per_service}")
+    if num_worlds > services.num_services:
+        raise ConfigError(f"{num_worlds} CARLA worlds need {num_worlds} servers but env.num_services="
+                          f"{services.num_services}; raise env.num_services")

@@ -128,7 +128,27 @@ def _check_obs(obs: Tensor, obs_size: int) -> None:
         raise ValueError(f"obs must have shape [N, {obs_size}]; got {tuple(obs.shape)}")
 
 
-class MLPPolicy(nn.Module):
+class _BetaPolicy(nn.Module):
+    """What every policy shares: ``forward(obs, raster) -> BetaActions`` (defined by the subclass) and
+    ``act``, which samples (or takes the mode) and maps raw actions to the backend's actions."""
+
+    actions: ActionMapping
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Tensor,
+        raster: Tensor | None = None,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw actions [N, k], backend actions (controls [N, 3] when driving) and log-probabilities [N]; the
+        mode if deterministic."""
+        return _act(self(obs, raster), self.actions, deterministic, generator)
+
+
+class MLPPolicy(_BetaPolicy):
     """Observation vector [N, obs_size] -> MLP -> Beta head.
 
     ``uses_raster`` is False: the trainer need not ask the environment for rasters; a raster passed anyway is
@@ -152,21 +172,8 @@ class MLPPolicy(nn.Module):
         _check_obs(obs, self.obs_size)
         return self.head(self.trunk(obs))
 
-    @torch.no_grad()
-    def act(
-        self,
-        obs: Tensor,
-        raster: Tensor | None = None,
-        *,
-        deterministic: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw actions [N, k], backend actions (controls [N, 3] when driving) and log-probabilities [N]; the
-        mode if deterministic."""
-        return _act(self(obs, raster), self.actions, deterministic, generator)
 
-
-class CNNPolicy(nn.Module):
+class CNNPolicy(_BetaPolicy):
     """Observation vector [N, obs_size] and raster [N, C, S, S] -> Beta head.
 
     The raster goes through three stride-2 3x3 convolutions (S -> S/2 -> S/4 -> S/8), is flattened and
@@ -208,19 +215,6 @@ class CNNPolicy(nn.Module):
         raster = raster.to(obs.dtype) / 255.0 if raster.dtype == torch.uint8 else raster.to(obs.dtype)
         features = torch.cat([self.encoder(raster), obs], dim=-1)
         return self.head(self.trunk(features))
-
-    @torch.no_grad()
-    def act(
-        self,
-        obs: Tensor,
-        raster: Tensor | None = None,
-        *,
-        deterministic: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw actions [N, k], backend actions (controls [N, 3] when driving) and log-probabilities [N]; the
-        mode if deterministic."""
-        return _act(self(obs, raster), self.actions, deterministic, generator)
 
 
 def build_policy(obs_size: int, config: PolicyConfig,

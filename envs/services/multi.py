@@ -13,7 +13,6 @@ groups they belonged to. ``restarts`` counts the restarts.
 from __future__ import annotations
 
 import atexit
-import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,20 +27,12 @@ from envs.api import (
     WorldIds,
     as_world_ids,
     check_actions,
+    derive_episode_seeds,
 )
 from envs.services.host import to_tensor
 
 ServiceFactory = Callable[[int, int], "object"]
 """(service index, number of worlds) -> a started service handle with send/receive/call/stop/alive."""
-
-
-def derive_episode_seeds(seed: int, world_ids: Sequence[int]) -> list[int]:
-    """Per-world episode seeds from one int seed, independent of which service hosts a world."""
-    out = []
-    for world in world_ids:
-        digest = hashlib.blake2b(f"{seed}:{int(world)}".encode(), digest_size=4).digest()
-        out.append(int.from_bytes(digest, "little"))
-    return out
 
 
 class MultiServiceBackend:

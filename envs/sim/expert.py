@@ -1,15 +1,29 @@
 """Rule-based drivers over the privileged observation vector, batched.
 
-``route_follower`` is the minimal one: pure pursuit on the route points with a proportional speed
-controller. It ignores other road users; the living-world issue grows it into the full expert (gap
-keeping, lights, pedestrians).
+They read only the observation of envs.api (so they drive any backend that fills it):
+
+* :func:`route_follower`: pure pursuit on the route points with a proportional speed controller; it
+  ignores other road users (a baseline for an empty road, and the benchmark's driver).
+* :class:`ExpertDriver`: the privileged expert. Pure pursuit on the route with a lookahead that grows with
+  speed; a target speed limited by the route's curvature ahead; and an intelligent-driver-model
+  acceleration towards it behind the nearest obstacle in its path: a vehicle or pedestrian whose footprint
+  (now, or where it will be over the next seconds at its current velocity) lies in a corridor along the
+  route, or the stop line of a red light, or of a yellow one it can still stop for. It proves the
+  simulated world is drivable, is an evaluation baseline, and is a source of demonstrations.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from envs.api import OBSERVATION_LAYOUT, ObservationLayout
+from envs.sim.config import VehicleConfig
+from envs.sim.observation import LATERAL_SCALE_M, SIZE_SCALE_M
+
+FAR = 1e6
 
 
 def route_follower(obs: torch.Tensor, target_speed: float = 8.0, layout: ObservationLayout = OBSERVATION_LAYOUT
@@ -22,3 +36,225 @@ def route_follower(obs: torch.Tensor, target_speed: float = 8.0, layout: Observa
     throttle = ((target_speed - speed) * 0.5).clamp(0, 1)
     brake = ((speed - target_speed) * 0.5).clamp(0, 1)
     return torch.stack([throttle, brake, steer], dim=1)
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Parameters of :class:`ExpertDriver` (metres, seconds, m/s, m/s^2)."""
+
+    cruise_speed: float = 10.0  # desired speed on a straight free road
+    lateral_accel: float = 2.0  # curve speed: at most sqrt(lateral_accel / curvature)
+    comfortable_decel: float = 2.5  # braking towards a slower curve ahead, and IDM b
+    max_accel: float = 2.0  # IDM a
+    time_headway: float = 1.2  # IDM T behind vehicles
+    vehicle_gap: float = 3.0  # IDM s0 behind vehicles
+    pedestrian_gap: float = 4.0  # IDM s0 before pedestrians
+    stop_line_gap: float = 1.5  # stop this far before a red light's stop line
+    yellow_stop_decel: float = 4.0  # on yellow, stop if possible with this deceleration, else go on
+    corridor_margin: float = 0.4  # metres beyond the two half-widths that count as in the way
+    pedestrian_margin: float = 1.0  # the same, for pedestrians
+    prediction_s: tuple[float, ...] = (1.0, 2.0)  # also check where actors will be after these times
+    pedestrian_horizon_s: float = 5.0  # a pedestrian whose walk crosses the corridor within this is in the way
+    pedestrian_pass_margin_s: float = 1.5  # ...unless the ego is past their crossing point this much earlier
+    min_lookahead: float = 3.0  # pure pursuit lookahead: min_lookahead + lookahead_time * speed
+    lookahead_time: float = 0.5
+
+
+class ExpertDriver:
+    """The privileged rule-based expert (see the module docstring). ``expert(obs)`` -> controls [B, 3].
+
+    Stateless: every decision is a function of the current observation, so it is batched over any number
+    of worlds and never needs a reset. ``vehicle`` gives the ego's size, wheelbase and limits.
+    """
+
+    def __init__(self, config: ExpertConfig | None = None, vehicle: VehicleConfig | None = None,
+                 layout: ObservationLayout = OBSERVATION_LAYOUT):
+        self.config = config or ExpertConfig()
+        self.vehicle = vehicle or VehicleConfig()
+        self.layout = layout
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.act(obs)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        cfg, vehicle, layout = self.config, self.vehicle, self.layout
+        num_worlds = obs.shape[0]
+        slices = layout.slices
+        ego = obs[:, slices["ego"]]
+        speed = ego[:, 0] * layout.speed_scale
+        lateral = ego[:, 4] * LATERAL_SCALE_M
+        route = obs[:, slices["route"]].view(num_worlds, -1, 2) * layout.distance_scale
+        # The path: the ego's projection onto the route (the route lies ``lateral`` to the right), then the
+        # route points.
+        start = torch.stack([torch.zeros_like(lateral), -lateral], -1)[:, None]
+        path = _extend_past_goal(torch.cat([start, route], 1), layout.route_point_spacing_m)  # [B, P, 2]
+        segment = path[:, 1:] - path[:, :-1]
+        raw_length = segment.norm(dim=-1)
+        seg_length = raw_length.clamp(min=1e-3)
+        cumulative = torch.cat([torch.zeros_like(raw_length[:, :1]), raw_length.cumsum(1)], 1)
+
+        # --- steering: pure pursuit at a speed-dependent lookahead ----------------------------------------
+        lookahead = (cfg.min_lookahead + cfg.lookahead_time * speed).minimum(cumulative[:, -1])
+        aim = _point_at(path, cumulative, lookahead)
+        curvature = 2 * aim[:, 1] / (aim ** 2).sum(-1).clamp(min=1.0)
+        wheel_angle = torch.atan(vehicle.wheelbase * curvature)
+        steer = (-wheel_angle / vehicle.max_steer).clamp(-1, 1)
+
+        # --- desired speed: cruise, limited by the curvature ahead ---------------------------------------
+        heading = torch.atan2(segment[..., 1], segment[..., 0])
+        turn = torch.remainder(heading[:, 1:] - heading[:, :-1] + math.pi, 2 * math.pi) - math.pi
+        real = (raw_length[:, 1:] > 0.01) & (raw_length[:, :-1] > 0.01)
+        bend = turn.abs() / (0.5 * (seg_length[:, 1:] + seg_length[:, :-1])) * real
+        curve_speed = (cfg.lateral_accel / bend.clamp(min=1e-4)).sqrt()
+        distance = (cumulative[:, 1:-1] - vehicle.length / 2).clamp(min=0)
+        allowed = (curve_speed ** 2 + 2 * cfg.comfortable_decel * distance).sqrt().min(1).values
+        desired = allowed.clamp(max=cfg.cruise_speed)
+
+        # --- obstacles in the corridor along the path -----------------------------------------------------
+        gap = torch.full_like(speed, FAR)
+        lead_speed = torch.zeros_like(speed)
+        min_gap = torch.full_like(speed, cfg.vehicle_gap)
+        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
+        if vehicles.shape[1]:
+            v_gap, v_speed = self._vehicle_gaps(vehicles, path, segment, seg_length, cumulative)
+            closer = v_gap < gap
+            gap, lead_speed = gap.minimum(v_gap), torch.where(closer, v_speed, lead_speed)
+        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        if walkers.shape[1]:
+            p_gap = self._pedestrian_gaps(walkers, path, segment, seg_length, cumulative, speed)
+            closer = p_gap < gap
+            gap, lead_speed = gap.minimum(p_gap), torch.where(closer, 0.0, lead_speed)
+            min_gap = torch.where(closer, cfg.pedestrian_gap, min_gap)
+        light = obs[:, slices["light"]]
+        to_line = light[:, 3] * layout.distance_scale
+        red, yellow, valid = light[:, 0] > 0.5, light[:, 1] > 0.5, light[:, 4] > 0.5
+        can_stop = speed * speed <= 2 * cfg.yellow_stop_decel * to_line.clamp(min=0) + 1e-3
+        stop = valid & (to_line > -0.5) & (red | (yellow & can_stop))
+        line_gap = torch.where(stop, to_line - cfg.stop_line_gap, FAR)
+        closer = line_gap < gap
+        gap, lead_speed = gap.minimum(line_gap), torch.where(closer, 0.0, lead_speed)
+        min_gap = torch.where(closer, 0.0, min_gap)
+
+        # --- IDM acceleration -> throttle / brake -----------------------------------------------------------
+        a, b = cfg.max_accel, cfg.comfortable_decel
+        free = 1 - (speed / desired.clamp(min=0.1)) ** 4
+        wanted_gap = min_gap + (speed * cfg.time_headway + speed * (speed - lead_speed) / (2 * math.sqrt(a * b))
+                                ).clamp(min=0)
+        interaction = torch.where(gap < FAR, (wanted_gap / gap.clamp(min=0.05)) ** 2, 0.0)
+        accel = a * (free - interaction)
+        accel = torch.where(gap <= 0.05, -vehicle.max_brake, accel)  # at or past the obstacle: full brake
+        available = torch.minimum(torch.full_like(speed, vehicle.max_accel),
+                                  vehicle.power_to_mass / speed.clamp(min=1e-3))
+        resistance = vehicle.rolling_resistance + vehicle.drag_coefficient * speed * speed
+        throttle = ((accel + resistance) / available).clamp(0, 1) * (accel > -0.2)
+        brake = (-accel / vehicle.max_brake).clamp(0, 1) * (accel < -0.2)
+        # Hold still at a standstill rather than creep.
+        hold = (speed < 0.3) & (desired > 0) & (accel < 0.2)
+        brake = torch.where(hold, 0.5, brake)
+        throttle = torch.where(hold, 0.0, throttle)
+        return torch.stack([throttle, brake, steer], 1)
+
+    def _vehicle_gaps(self, vehicles, path, segment, seg_length, cumulative):
+        """Gap [B] to the nearest vehicle in the corridor (now or predicted) and its speed along the path."""
+        cfg, layout, ego_length, ego_width = self.config, self.layout, self.vehicle.length, self.vehicle.width
+        position = vehicles[..., 0:2] * layout.distance_scale
+        cos_yaw, sin_yaw = vehicles[..., 2], vehicles[..., 3]
+        velocity = vehicles[..., 4:6] * layout.speed_scale
+        length, width = vehicles[..., 6] * SIZE_SCALE_M, vehicles[..., 7] * SIZE_SCALE_M
+        valid = vehicles[..., 8] > 0.5
+        best_gap = torch.full_like(path[:, 0, 0], FAR)
+        best_speed = torch.zeros_like(best_gap)
+        for horizon in (0.0, *cfg.prediction_s):
+            along, lateral, tangent = _project(position + velocity * horizon, path, segment, seg_length, cumulative)
+            cos_rel = (cos_yaw * tangent[..., 0] + sin_yaw * tangent[..., 1]).abs()
+            sin_rel = (sin_yaw * tangent[..., 0] - cos_yaw * tangent[..., 1]).abs()
+            depth = 0.5 * (length * cos_rel + width * sin_rel)
+            spread = 0.5 * (length * sin_rel + width * cos_rel)
+            inside = valid & (lateral.abs() < ego_width / 2 + spread + cfg.corridor_margin) & (along + depth > 0)
+            inside &= along < cumulative[:, -1:]
+            gap = torch.where(inside, along - depth - ego_length / 2, FAR)
+            along_speed = (velocity * tangent).sum(-1).clamp(min=0) if horizon == 0 else torch.zeros_like(gap)
+            nearest, which = gap.min(1)
+            speed = along_speed.gather(1, which[:, None]).squeeze(1)
+            closer = nearest < best_gap
+            best_gap = best_gap.minimum(nearest)
+            best_speed = torch.where(closer, speed, best_speed)
+        return best_gap, best_speed
+
+    def _pedestrian_gaps(self, walkers, path, segment, seg_length, cumulative, speed):
+        """Gap [B] to the nearest pedestrian in the way: in the corridor along the path now, or walking into
+        it within ``pedestrian_horizon_s`` unless the ego will be past their crossing point a good second
+        before they reach the corridor (then it goes on: stopping right at the line would be worse)."""
+        cfg, layout, ego_length, ego_width = self.config, self.layout, self.vehicle.length, self.vehicle.width
+        position = walkers[..., 0:2] * layout.distance_scale
+        velocity = walkers[..., 2:4] * layout.speed_scale
+        valid = walkers[..., 4] > 0.5
+        horizon = cfg.pedestrian_horizon_s
+        along_now, lateral_now, _ = _project(position, path, segment, seg_length, cumulative)
+        along_then, lateral_then, _ = _project(position + velocity * horizon, path, segment, seg_length, cumulative)
+        half = ego_width / 2 + cfg.pedestrian_margin
+        sweeps = (lateral_now.minimum(lateral_then) < half) & (lateral_now.maximum(lateral_then) > -half)
+        # Seconds until it is in the corridor: 0 if it is; distance over lateral speed if it walks towards it.
+        lateral_speed = ((lateral_then - lateral_now) / horizon).abs().clamp(min=1e-3)
+        reaches = ((lateral_now.abs() - half) / lateral_speed).clamp(min=0)
+        along = along_now.minimum(along_then)
+        passed = (along + ego_length / 2 + cfg.pedestrian_gap) / speed.clamp(min=0.1)[:, None]  # s until clear
+        ego_first = passed < reaches - cfg.pedestrian_pass_margin_s
+        inside = valid & sweeps & ~ego_first & (along_now > 0) & (along < cumulative[:, -1:])
+        return torch.where(inside, along - ego_length / 2, FAR).min(1).values
+
+
+def _extend_past_goal(path: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Route points past the goal repeat the goal; the first of them moves one spacing straight on, so a
+    vehicle just past the goal (where the front bumper ends up) is still seen ahead. (Not further: the
+    road may curve there.) The others stay repeated, zero-length segments that the projection skips."""
+    points = list(path.unbind(1))
+    direction = torch.zeros_like(points[0])
+    direction[:, 0] = 1.0
+    extended = torch.zeros_like(points[0][:, :1], dtype=torch.bool)
+    for k in range(1, len(points)):
+        step = points[k] - points[k - 1]
+        length = step.norm(dim=-1, keepdim=True)
+        first_repeat = (length < 0.01) & ~extended
+        points[k] = torch.where(first_repeat, points[k - 1] + direction * spacing, points[k])
+        direction = torch.where(length < 0.01, direction, step / length.clamp(min=1e-6))
+        extended |= first_repeat
+        if k + 1 < len(points):  # later repeats continue from the goal, not from the extension
+            points[k + 1] = torch.where(extended & ((points[k + 1] - path[:, k]).norm(dim=-1, keepdim=True) < 0.01),
+                                        points[k], points[k + 1])
+    return torch.stack(points, 1)
+
+
+def _point_at(path: torch.Tensor, cumulative: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """The point [B, 2] at arc length ``distance`` [B] along polylines ``path`` [B, P, 2]."""
+    index = (torch.searchsorted(cumulative, distance[:, None].contiguous(), right=True) - 1).clamp(
+        0, path.shape[1] - 2)
+    start = path.gather(1, index[..., None].expand(-1, -1, 2)).squeeze(1)
+    end = path.gather(1, (index + 1)[..., None].expand(-1, -1, 2)).squeeze(1)
+    length = (cumulative.gather(1, index + 1) - cumulative.gather(1, index)).squeeze(1).clamp(min=1e-3)
+    t = ((distance - cumulative.gather(1, index).squeeze(1)) / length).clamp(0, 1)
+    return start + (end - start) * t[:, None]
+
+
+def _project(points: torch.Tensor, path: torch.Tensor, segment: torch.Tensor, seg_length: torch.Tensor,
+             cumulative: torch.Tensor):
+    """Arc length along the path, signed lateral offset (+ left) and the path's unit tangent there, for
+    points [B, K, 2] projected onto their nearest path segment."""
+    start = path[:, None, :-1]  # [B, 1, S, 2]
+    delta = points[:, :, None, :] - start  # [B, K, S, 2]
+    direction = (segment / seg_length[..., None])[:, None]  # [B, 1, S, 2]
+    t = torch.minimum((delta * direction).sum(-1), seg_length[:, None].expand(-1, points.shape[1], -1))
+    first = torch.arange(t.shape[-1], device=t.device) == 0
+    t = torch.where(first, t, t.clamp(min=0))  # metres along each segment; the first extends backwards
+    closest = start + direction * t[..., None]
+    distance = ((points[:, :, None, :] - closest) ** 2).sum(-1)
+    distance = torch.where((seg_length > 0.01)[:, None, :], distance, FAR)  # no repeated end points
+    nearest = distance.argmin(-1, keepdim=True)  # [B, K, 1]
+    t_near = t.gather(-1, nearest).squeeze(-1)
+    along = cumulative[:, None, :-1].expand_as(t).gather(-1, nearest).squeeze(-1) + t_near
+    along = torch.where(distance.gather(-1, nearest).squeeze(-1) < FAR, along, FAR)  # no real segment left
+    tangent = direction.expand(-1, points.shape[1], -1, -1).gather(
+        2, nearest[..., None].expand(-1, -1, -1, 2)).squeeze(2)
+    offset = (delta.gather(2, nearest[..., None].expand(-1, -1, -1, 2)).squeeze(2))
+    lateral = tangent[..., 0] * offset[..., 1] - tangent[..., 1] * offset[..., 0]
+    return along, lateral, tangent

@@ -10,9 +10,10 @@ View conventions of :func:`render_birdseye`: a square of ``metres`` x ``metres``
 the branches of a GRPO group drawn on one frame keep their compass directions; ``heading_up=True``
 rotates the view so the ego always faces up (the driver's view, often easier to read for one car).
 
-Drawing order, bottom to top: town raster, route ahead (translucent blue), extra trajectories, actors,
-traffic lights, ego. Other vehicles, pedestrians and light states are not simulated yet; callers that
-have them pass ``actors`` and ``lights`` (documented on :func:`render_birdseye`).
+Drawing order, bottom to top: town raster, route ahead (translucent blue), extra trajectories, traffic
+vehicles (blue), pedestrians (magenta discs), traffic lights (a red / yellow / green dot at each stop
+line), the ego (orange). The world's own traffic, pedestrians and light states are drawn by default
+(``world=True``); callers can add more ``actors`` and ``lights`` (documented on :func:`render_birdseye`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from envs.api import BackendError
+from envs.sim.lights import GREEN, YELLOW
 from envs.sim.town import RASTER_CLEARANCE, RASTER_DRIVABLE, RASTER_JUNCTION, RASTER_MARKING, Town
 from envs.sim.world import DrivingSim
 
@@ -38,7 +40,8 @@ JUNCTION_COLOR = (66, 66, 70)  # drivable junction surface, a shade lighter than
 MARKING_COLOR = (236, 232, 200)  # lane boundary lines, yellowish white
 ROUTE_COLOR = (40, 120, 255, 130)  # the route ahead of the ego, translucent blue
 EGO_COLOR = (255, 96, 0)  # bright orange: nothing else in the image uses it
-ACTOR_COLOR = (60, 140, 230)  # default for actors that give no colour
+ACTOR_COLOR = (60, 140, 230)  # traffic vehicles, and the default for actors that give no colour
+PEDESTRIAN_COLOR = (225, 40, 200)  # magenta: pedestrians
 OUTLINE_COLOR = (20, 20, 20)
 LIGHT_COLORS = {"red": (230, 30, 30), "yellow": (250, 200, 20), "green": (40, 200, 60)}
 TOWN_LIGHT_COLOR = (250, 200, 20)  # stop points in render_town, which knows no light state
@@ -172,6 +175,7 @@ def render_birdseye(
     extra_trajectories: list[tuple[np.ndarray, Color]] | None = None,
     actors: list[dict] | None = None,
     lights: list[tuple[float, float, str]] | None = None,
+    world: bool = True,
 ) -> np.ndarray:
     """A bird's-eye RGB image [size, size, 3] uint8 of world ``world_id`` of ``sim``.
 
@@ -194,6 +198,8 @@ def render_birdseye(
       (e.g. 0.6 x 0.6 m) with their own colour.
     * ``lights``: ``(stop_x, stop_y, state)`` with state ``"red"``, ``"yellow"`` or ``"green"``, drawn as
       a coloured dot at the stop point.
+    * ``world``: draw the world's own traffic vehicles, pedestrians and light states (default); they come
+      before ``actors`` and ``lights`` in drawing order.
     """
     if not 0 <= world_id < sim.num_worlds:
         raise ValueError(f"world_id must lie in [0, {sim.num_worlds}), got {world_id}")
@@ -224,11 +230,21 @@ def render_birdseye(
         image = Image.alpha_composite(image, overlay)
 
     draw = ImageDraw.Draw(image)
+    if world:
+        world_actors, world_lights = world_layers(sim, world_id)
+        actors = world_actors + list(actors or [])
+        lights = world_lights + list(lights or [])
     for actor in actors or []:
         missing = {"x", "y", "yaw", "length", "width"} - set(actor)
         if missing:
             raise ValueError(f"actor {actor} lacks keys {sorted(missing)}; give x, y, yaw, length, width "
                              "(and optionally color)")
+        if actor.get("kind") == "pedestrian":
+            (px, py), = view.to_pixels(np.array([[float(actor["x"]), float(actor["y"])]]))
+            r = max(1.5, float(actor["length"]) / 2 / view.metres_per_pixel)
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=tuple(actor.get("color", PEDESTRIAN_COLOR)),
+                         outline=OUTLINE_COLOR)
+            continue
         _draw_box(draw, view, float(actor["x"]), float(actor["y"]), float(actor["yaw"]), float(actor["length"]),
                   float(actor["width"]), actor.get("color", ACTOR_COLOR))
     radius = view.pixels(LIGHT_RADIUS_M, 2)
@@ -240,6 +256,38 @@ def render_birdseye(
                      outline=OUTLINE_COLOR)
     _draw_box(draw, view, ego_x, ego_y, ego_yaw, vehicle.length, vehicle.width, EGO_COLOR)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def world_layers(sim: DrivingSim, world_id: int) -> tuple[list[dict], list[tuple[float, float, str]]]:
+    """The world's traffic vehicles and pedestrians as ``actors`` dicts (pedestrians with ``kind`` =
+    "pedestrian", drawn as discs) and its lights as ``(stop_x, stop_y, state)``, for render_birdseye."""
+    state, config = sim.state, sim.config
+    actors: list[dict] = []
+    if config.traffic.num_vehicles:
+        lane = state.traffic_lane[world_id].cpu()
+        poses = torch.stack([state.traffic_x[world_id], state.traffic_y[world_id], state.traffic_yaw[world_id]]
+                            ).cpu()
+        for k in torch.nonzero(lane >= 0).flatten().tolist():
+            x, y, yaw = poses[:, k].tolist()
+            actors.append({"x": x, "y": y, "yaw": yaw, "length": config.vehicle.length,
+                           "width": config.vehicle.width, "color": ACTOR_COLOR})
+    if config.pedestrians.num_pedestrians:
+        walking = (state.ped_time_left[world_id] > 0).cpu()
+        poses = torch.stack([state.ped_x[world_id], state.ped_y[world_id], state.ped_vx[world_id],
+                             state.ped_vy[world_id]]).cpu()
+        for k in torch.nonzero(walking).flatten().tolist():
+            x, y, vx, vy = poses[:, k].tolist()
+            actors.append({"x": x, "y": y, "yaw": math.atan2(vy, vx), "length": 2 * config.pedestrians.radius,
+                           "width": 2 * config.pedestrians.radius, "kind": "pedestrian", "color": PEDESTRIAN_COLOR})
+    lights: list[tuple[float, float, str]] = []
+    town = sim.town(world_id)
+    if config.lights.enabled and len(town.light_phase):
+        ids = torch.arange(len(town.light_phase), device=sim.device)[None, :]
+        states = sim.light_state_of(ids, torch.tensor([world_id], device=sim.device))[0].tolist()
+        names = {GREEN: "green", YELLOW: "yellow"}
+        for (stop_x, stop_y), light_state in zip(town.light_stop_point.tolist(), states, strict=True):
+            lights.append((stop_x, stop_y, names.get(light_state, "red")))
+    return actors, lights
 
 
 def render_town(town: Town, size: int = 512) -> np.ndarray:

@@ -12,6 +12,12 @@ import torch
 
 _MASK32 = 0xFFFFFFFF
 
+# Stream ids: one per use of a world's randomness, so no two uses ever draw the same numbers.
+STREAM_LIGHTS = 1  # light phase offsets (at reset)
+STREAM_TRAFFIC_SPAWN = 2  # where traffic (re)spawns, its desired speed and first turn
+STREAM_TRAFFIC_TURN = 3  # which way a vehicle turns when it enters a new lane
+STREAM_PEDESTRIANS = 4  # when and where a pedestrian starts to cross, which way, how fast
+
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
     """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2**32); returns the same range.

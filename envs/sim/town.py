@@ -75,6 +75,12 @@ class Town:
     light_phase: np.ndarray  # [NL] int32
     light_stop_point: np.ndarray  # [NL, 2] float32
     junction_num_phases: np.ndarray  # [NJ] int32
+    lane_max_curvature: np.ndarray  # [L] float32 1/m, largest |curvature| of the centre line (speed in curves)
+    lane_edge_right: np.ndarray  # [L] float32 m from the centre line to the drivable edge on the right
+    lane_edge_left: np.ndarray  # [L] float32 m from the centre line to the drivable edge on the left (across
+    # the oncoming lanes): a pedestrian crossing here walks edge_right + edge_left of road
+    lane_predecessor: np.ndarray  # [L] int32 the only lane leading into this one, or -1 (none or several)
+    light_raster: np.ndarray  # [H, W] int16 light id + 1 on the stop-line cells of its approach lanes, 0 elsewhere
     routes: np.ndarray  # [NR, R] int32 lane ids, -1 padded
     route_start_s: np.ndarray  # [NR] float32 offset of the route start on its first lane
     route_length: np.ndarray  # [NR] float32 metres from start to goal
@@ -91,7 +97,7 @@ class Town:
         digest = hashlib.sha256()
         for array in (self.lane_points, self.lane_headings, self.lane_width, self.lane_successors,
                       self.lane_in_junction, self.lane_light, self.light_phase, self.light_stop_point,
-                      self.routes, self.route_start_s, self.raster):
+                      self.routes, self.route_start_s, self.raster, self.light_raster):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
@@ -141,6 +147,14 @@ def build_town(
     routes, route_start_s, route_length = _plan_routes(
         np.random.default_rng(seed), lanes, lane_length, num_routes, route_length_m)
 
+    predecessors = np.full(len(lanes), -1, dtype=np.int32)
+    for i, lane in enumerate(lanes):
+        for nxt in lane.successors:
+            predecessors[nxt] = i if predecessors[nxt] == -1 else -2
+    predecessors[predecessors == -2] = -1  # several lanes lead in: no single predecessor
+    edge_right, edge_left = _road_edges(raster, origin, raster_resolution, resampled)
+    light_raster = _stop_lines(raster.shape, origin, raster_resolution, resampled, lanes)
+
     num_junctions = 1 + max([light.junction for light in lights], default=-1)
     junction_num_phases = np.ones(num_junctions, dtype=np.int32)
     for light in lights:
@@ -163,6 +177,11 @@ def build_town(
         light_phase=np.array([light.phase for light in lights], dtype=np.int32).reshape(-1),
         light_stop_point=np.array([light.stop_point for light in lights], dtype=np.float32).reshape(-1, 2),
         junction_num_phases=junction_num_phases,
+        lane_max_curvature=np.array([_max_curvature(p) for p in resampled], dtype=np.float32),
+        lane_edge_right=edge_right,
+        lane_edge_left=edge_left,
+        lane_predecessor=predecessors,
+        light_raster=light_raster,
         routes=routes,
         route_start_s=route_start_s.astype(np.float32),
         route_length=route_length.astype(np.float32),
@@ -177,6 +196,59 @@ def _headings(points: np.ndarray, num_points: int) -> np.ndarray:
     yaw = np.arctan2(delta[:, 1], delta[:, 0])
     yaw = np.concatenate([yaw, yaw[-1:]])
     return np.concatenate([yaw, np.repeat(yaw[-1:], num_points - len(yaw))])
+
+
+def _max_curvature(points: np.ndarray) -> float:
+    """Largest |curvature| (1/m) along a resampled centre line: heading change between segments two apart
+    over the distance between their middles (so one kinked sample does not dominate)."""
+    delta = np.diff(points, axis=0)
+    yaw = np.unwrap(np.arctan2(delta[:, 1], delta[:, 0]))
+    arc = np.linalg.norm(delta, axis=1)
+    if len(yaw) < 2:
+        return 0.0
+    span = min(2, len(yaw) - 1)
+    turn = np.abs(yaw[span:] - yaw[:-span])
+    between = arc[:-span] / 2 + arc[span:] / 2 + (arc[1:-1] if span == 2 else 0.0)
+    return float((turn / np.maximum(between, 1e-3)).max())
+
+
+def _road_edges(raster: np.ndarray, origin, res: float, resampled: list[np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per lane, metres from the centre line at its middle point to the first non-drivable cell on the right
+    and on the left (a ray cast on the raster, 0.25 m steps, at most 40 m)."""
+    steps = np.arange(0.25, 40.0, 0.25)
+    height, width = raster.shape
+    out = np.zeros((2, len(resampled)), dtype=np.float32)
+    for lane, points in enumerate(resampled):
+        k = len(points) // 2
+        tangent = points[min(k + 1, len(points) - 1)] - points[max(k - 1, 0)]
+        left = np.array([-tangent[1], tangent[0]]) / np.linalg.norm(tangent)
+        for side, normal in enumerate((-left, left)):
+            ray = points[k] + steps[:, None] * normal
+            col = np.floor((ray[:, 0] - origin[0]) / res).astype(int)
+            row = np.floor((ray[:, 1] - origin[1]) / res).astype(int)
+            inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+            bits = np.where(inside, raster[row.clip(0, height - 1), col.clip(0, width - 1)], 0)
+            off = np.flatnonzero((bits & RASTER_DRIVABLE) == 0)
+            out[side, lane] = steps[off[0]] - 0.125 if len(off) else steps[-1]
+    return out[0], out[1]
+
+
+def _stop_lines(shape, origin, res: float, resampled: list[np.ndarray], lanes: list[LaneSpec]) -> np.ndarray:
+    """[H, W] int16: light id + 1 on a 1 m band across the end of every lane that enters a lit connector."""
+    light_raster = np.zeros(shape, dtype=np.int16)
+    for points, lane in zip(resampled, lanes, strict=True):
+        lit = {lanes[n].light for n in lane.successors if lanes[n].light >= 0}
+        if not lit or len(points) < 2:
+            continue
+        tangent = (points[-1] - points[-2]) / np.linalg.norm(points[-1] - points[-2])
+        normal = np.array([-tangent[1], tangent[0]])
+        across = np.linspace(-lane.width / 2 + 0.25, lane.width / 2 - 0.25, int(np.ceil(lane.width / 0.25)))
+        band = points[-1] - 0.5 * tangent + across[:, None] * normal
+        mask = np.zeros(shape, dtype=np.uint8)
+        _stamp(mask, band, 0.5, 1, origin, res)
+        light_raster[mask > 0] = min(lit) + 1
+    return light_raster
 
 
 def _stamp(raster: np.ndarray, centres: np.ndarray, radius: float, bit: int, origin, res: float) -> None:

@@ -16,7 +16,8 @@ How a town is laid out (world x east, y north, yaw counter-clockwise, metres; tr
   by both directions, so the route planner (which never re-enters a road) can drive through several bends.
   Roads joined at bends form one *street* and have the same lane count, so bend lanes map ``i -> i``.
 * A node of degree 3 or 4 is a *junction*: connectors (``in_junction=True``, road -1) go straight, turn
-  right from the rightmost lane and left from lane 0; every approach has its own traffic light; the
+  right from the rightmost lane and left from lane 0; every approach has its own traffic light and its own
+  phase of the junction's cycle (one approach green at a time, :func:`_phases`); the
   junction surface is the convex hull of its road ends. A turning connector is a straight run plus a
   circular arc (the widest that fits between the entry and exit tangent lines, drawn as a cubic Bezier);
   a straight one is a cubic Bezier with handles a third of the chord (:func:`_connector`).
@@ -225,8 +226,7 @@ def cross_junction_ids(lanes_per_direction: int = 1) -> CrossJunctionIds:
 
     Road k is arm k of (east, north, west, south). Its lanes ``2nk .. 2nk+n-1`` drive from the outer end
     towards the junction, lanes ``2nk+n .. 2nk+2n-1`` away from it; the junction connectors follow
-    (ids >= 8n). Light k governs the approach from arm k; phase 0 is the east and west arms (eastbound
-    and westbound traffic), phase 1 the north and south arms.
+    (ids >= 8n). Light k governs the approach from arm k and is green in phase k (one approach at a time).
     """
     n = lanes_per_direction
     return CrossJunctionIds(
@@ -538,20 +538,15 @@ def _turn_angle(entry: _RoadEnd, exit_: _RoadEnd) -> float:
 
 
 def _phases(ends: list[_RoadEnd]) -> list[int]:
-    """Light phase per approach: the most nearly opposite pair shares phase 0 at a T-junction (the stem
-    gets 1); at a 4-way junction the more east-west pair gets phase 0 and the other pair phase 1."""
-    outward = np.stack([end.outward for end in ends])
-    if len(ends) == 3:
-        pairs = [(0, 1), (0, 2), (1, 2)]
-        a, b = min(pairs, key=lambda pair: float(outward[pair[0]] @ outward[pair[1]]))
-        return [0 if k in (a, b) else 1 for k in range(3)]
-    if len(ends) == 4:
-        order = np.argsort(np.arctan2(outward[:, 1], outward[:, 0]))
-        axis_a, axis_b = (order[0], order[2]), (order[1], order[3])
-        east_west_a = np.abs(outward[list(axis_a), 0]).sum() >= np.abs(outward[list(axis_b), 0]).sum()
-        east_west = axis_a if east_west_a else axis_b
-        return [0 if k in east_west else 1 for k in range(4)]
-    raise ValueError(f"junctions of degree {len(ends)} are not supported (3 or 4 roads)")
+    """Light phase per approach: every approach has a phase of its own, numbered counter-clockwise from the
+    most nearly eastward road, so the junction's cycle gives green to one approach at a time (as CARLA's
+    traffic-light groups do). No two green movements then cross or merge, and turning traffic needs no
+    gap acceptance."""
+    if len(ends) not in (3, 4):
+        raise ValueError(f"junctions of degree {len(ends)} are not supported (3 or 4 roads)")
+    angles = np.array([math.atan2(end.outward[1], end.outward[0]) % (2 * math.pi) for end in ends])
+    angles = np.where(angles > 2 * math.pi - math.pi / 4, angles - 2 * math.pi, angles)  # east first
+    return np.argsort(np.argsort(angles)).tolist()
 
 
 def _connect_junction(drafts: list[_LaneDraft], lights: list[LightSpec], ends: list[_RoadEnd],

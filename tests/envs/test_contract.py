@@ -5,15 +5,20 @@ import torch
 
 from envs.contract import ContractError, check_snapshot_contract
 from envs.gym_backend import GymBackend, GymConfig
-from envs.sim.config import SimConfig
+from envs.sim.config import PedestrianConfig, SimConfig
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
+from tests.envs.conftest import EMPTY_WORLD
 
 SMALL_TOWN = TownConfig(grid_size=3, num_routes=8, route_length_m=200.0)
 
+# The busy world: default traffic and lights, pedestrians starting often, so that within the checker's
+# few dozen steps vehicles spawn, turn and queue, lights change and people cross.
+BUSY = SimConfig(num_worlds=6, num_towns=2, town=SMALL_TOWN, pedestrians=PedestrianConfig(spawn_per_minute=60.0))
+
 BACKENDS = {
-    "sim-straight": lambda: DrivingSim(SimConfig(num_worlds=6, map="straight", num_towns=2)),
-    "sim-procedural": lambda: DrivingSim(SimConfig(num_worlds=6, num_towns=2, town=SMALL_TOWN)),
+    "sim-straight": lambda: DrivingSim(SimConfig(num_worlds=6, map="straight", num_towns=2, **EMPTY_WORLD)),
+    "sim-busy": lambda: DrivingSim(BUSY),
     "gym-pendulum": lambda: GymBackend(GymConfig(id="Pendulum-v1", num_worlds=6)),  # state API: bit-exact
 }
 
@@ -36,7 +41,26 @@ class ForgetfulSim(DrivingSim):
 
 def test_checker_catches_an_incomplete_snapshot():
     with pytest.raises(ContractError, match="replay after restore"):
-        check_snapshot_contract(lambda: ForgetfulSim(SimConfig(num_worlds=4, map="straight", num_towns=2)))
+        check_snapshot_contract(lambda: ForgetfulSim(SimConfig(num_worlds=4, map="straight", num_towns=2,
+                                                               **EMPTY_WORLD)))
+
+
+class TrafficForgettingSim(DrivingSim):
+    """A broken backend: its snapshots lose the traffic's speeds (as if they were not world state)."""
+
+    def restore(self, snapshot, world_ids=None):
+        start = sum(self.state.float_fields[name] if isinstance(self.state.float_fields[name], int)
+                    else self.state.float_fields[name][0] for name in list(self.state.float_fields)[
+                        :list(self.state.float_fields).index("traffic_speed")])
+        tensors = dict(snapshot.tensors, floats=snapshot.tensors["floats"].clone())
+        tensors["floats"][:, start:start + self.config.traffic.num_vehicles] = 0.0
+        snapshot = type(snapshot)(snapshot.backend, snapshot.signature, snapshot.num_worlds, tensors)
+        return super().restore(snapshot, world_ids)
+
+
+def test_checker_sees_that_traffic_is_part_of_the_state():
+    with pytest.raises(ContractError, match="replay after restore"):
+        check_snapshot_contract(lambda: TrafficForgettingSim(BUSY), seed=3)
 
 
 def test_checker_needs_four_worlds():

@@ -24,7 +24,9 @@ def quiet_config(tmp_path, **sections):
     """A small run on the straight road that writes only under tmp_path."""
     data = {
         "run_name": "t", "seed": 0,
-        "env": {"map": "straight", "num_towns": 2, "town": {"num_routes": 8, "route_length_m": 150.0}},
+        # An empty straight road: no traffic, pedestrians or lights (the trainer's mechanics, not driving skill).
+        "env": {"map": "straight", "num_towns": 2, "town": {"num_routes": 8, "route_length_m": 150.0},
+                "traffic": {"num_vehicles": 0}, "pedestrians": {"num_pedestrians": 0}, "lights": {"enabled": False}},
         "grpo": {"iterations": 4, "num_trunks": 4, "group_size": 4, "branch_horizon": 8, "num_minibatches": 2},
         "policy": {"hidden_sizes": [32, 32]},
         "eval": {"every": 0, "num_routes": 4, "max_steps": 60},

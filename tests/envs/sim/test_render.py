@@ -135,3 +135,28 @@ def test_gif_needs_frames_of_one_shape(tmp_path):
         write_gif([], tmp_path / "empty.gif")
     with pytest.raises(ValueError, match="shape"):
         write_gif([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], tmp_path / "bad.gif")
+
+
+def test_the_worlds_traffic_pedestrians_and_lights_are_drawn():
+    from envs.sim.config import PedestrianConfig, SimConfig, TrafficConfig
+    from envs.sim.render import PEDESTRIAN_COLOR, world_layers
+    from envs.sim.world import DrivingSim
+
+    sim = DrivingSim(SimConfig(num_worlds=1, map="junction", num_towns=1, traffic=TrafficConfig(num_vehicles=4),
+                               pedestrians=PedestrianConfig(spawn_per_minute=0.0)))
+    sim.reset([0])
+    sim.remove_vehicles(0)
+    x, y, yaw = (float(v[0]) for v in (sim.state.x, sim.state.y, sim.state.yaw))
+    lanes, _ = sim.bank.route_lanes(sim.state.town_slot, sim.state.route_id)
+    lane, s = int(lanes[0, 0]), float(sim.state.route_s[0]) + 10.0  # 10 m ahead on the ego's lane
+    sim.place_vehicle(0, 0, lane, s, desired_speed=0.01)
+    sim.place_pedestrian(0, 0, x - 6.0 * math.sin(yaw), y + 6.0 * math.cos(yaw), 0.0, 0.0, walk_s=5.0)
+    actors, lights = world_layers(sim, 0)
+    assert len(actors) == 2 and {a.get("kind") for a in actors} == {None, "pedestrian"}
+    assert len(lights) == 4 and {state for *_, state in lights} <= set(LIGHT_COLORS)
+    image = render_birdseye(sim, 0, size=SIZE, metres=METRES, heading_up=True)
+    assert colour_at(image, CENTRE - round(10 * PX_PER_M), CENTRE) == ACTOR_COLOR  # the car ahead
+    col = CENTRE - round(6 * PX_PER_M)  # 6 m to the left: a small disc
+    assert has_colour(image[CENTRE - 3:CENTRE + 3, col - 3:col + 3], PEDESTRIAN_COLOR)
+    plain = render_birdseye(sim, 0, size=SIZE, metres=METRES, heading_up=True, world=False)
+    assert colour_at(plain, CENTRE - round(10 * PX_PER_M), CENTRE) != ACTOR_COLOR

@@ -39,3 +39,12 @@ def test_signature_depends_on_schema():
     assert make().signature == make(8).signature
     other = PackedState({"x": 1, "control": 2}, {"step": 1}, 4, torch.device("cpu"))
     assert other.signature != make().signature
+
+
+def test_tuple_width_keeps_the_actor_dimension():
+    state = PackedState({"x": 1, "one": (1,), "none": (0,)}, {"k": (2,)}, 3, torch.device("cpu"))
+    assert state.x.shape == (3,) and state.one.shape == (3, 1) and state.none.shape == (3, 0)
+    assert state.k.shape == (3, 2)
+    state.one[:, 0] = 2.0
+    assert state.floats[:, 1].tolist() == [2.0, 2.0, 2.0]
+    assert state.subset(torch.tensor([1])).one.shape == (1, 1)

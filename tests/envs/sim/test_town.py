@@ -37,3 +37,24 @@ def test_fingerprint_sees_lights():
     b = build_town(0, lit, [LightSpec(0, 0, (50.0, 0.0))], num_routes=1, route_length_m=20.0)
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == build_town(0, lanes, [], num_routes=1, route_length_m=20.0).fingerprint()
+
+
+def test_living_world_tables():
+    from envs.sim.towngen import cross_junction_ids, cross_junction_town, straight_town
+
+    road = straight_town()
+    # One lane each way, 3.5 m wide: 1.75 m to the right edge, 1.75 + 3.5 m across the oncoming lane.
+    assert np.allclose(road.lane_edge_right, 1.75, atol=0.3) and np.allclose(road.lane_edge_left, 5.25, atol=0.3)
+    assert (road.lane_max_curvature < 1e-6).all() and (road.lane_predecessor == -1).all()
+    assert (road.light_raster == 0).all()  # no lights
+
+    town, ids = cross_junction_town(), cross_junction_ids()
+    approach = ids.approach["eastbound"][0]
+    connectors = [int(c) for c in town.lane_successors[approach] if c >= 0]
+    # Every connector has the approach as its only predecessor; a turning connector is curved.
+    assert all(town.lane_predecessor[c] == approach for c in connectors)
+    assert max(town.lane_max_curvature[c] for c in connectors) > 0.05
+    # The stop line of the eastbound light is drawn across the end of its approach lane.
+    end = town.lane_points[approach, int(np.ceil(town.lane_length[approach] - 1e-4))]
+    col, row = ((end - np.array(town.raster_origin)) / town.raster_resolution - [0.5, 0.5]).astype(int)
+    assert (town.light_raster[row - 2:row + 3, col - 2:col + 3] == ids.light["eastbound"] + 1).any()

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, BackendError
-from envs.sim.config import SimConfig
+from envs.sim.config import LightConfig, SimConfig
 from envs.sim.expert import route_follower
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
+from tests.envs.conftest import EMPTY_WORLD
 
 ROUTE = OBSERVATION_LAYOUT.slices["route"]
 
@@ -31,8 +32,9 @@ def test_route_progress_increases_when_following_the_route(straight_sim):
 
 
 def test_following_a_procedural_route_completes_it():
-    sim = DrivingSim(SimConfig(num_worlds=8, num_towns=2,
-                               town=TownConfig(num_routes=8, route_length_m=150.0)))
+    # Only the road: the route follower ignores other road users and lights.
+    sim = DrivingSim(SimConfig(num_worlds=8, num_towns=2, town=TownConfig(num_routes=8, route_length_m=150.0),
+                               lights=LightConfig(enabled=False), **EMPTY_WORLD))
     obs = sim.reset(5)
     done = torch.zeros(8, dtype=torch.bool)
     completed = torch.zeros(8, dtype=torch.bool)

@@ -1,0 +1,162 @@
+"""Driving metrics of the CARLA leaderboard and Bench2Drive: pure arithmetic, and an accumulator that folds
+per-step infos of B worlds into per-episode records.
+
+Per route: **driving score** = route completion (%) x **infraction penalty**, the product of one coefficient
+per infraction (pedestrian collision 0.50, vehicle 0.60, static 0.65, red light 0.70, stop sign 0.80; a
+stop sign never happens in the built-in simulator). **Success**: the route completed (100 %) with no
+infraction of any kind. **Infractions per km**: a count over the kilometres of route driven (the sum of
+route progress, as the leaderboard counts them), for the whole suite.
+
+Everything here takes tensors (any leading shape) or plain numbers; nothing depends on a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from envs.api import INFRACTIONS
+
+PENALTY_COEFFICIENTS = {"collision_pedestrian": 0.50, "collision_vehicle": 0.60, "collision_static": 0.65,
+                        "red_light": 0.70, "stop_sign": 0.80}
+"""Leaderboard infraction coefficients; infractions not listed (off-road, route deviation, blocked, timeout)
+cost no factor: they end the route, and the lost route completion is their price."""
+
+COMPLETE_PCT = 100.0 - 1e-3
+"""Route completion (%) that counts as complete (float progress can stop a hair short of 100)."""
+
+
+def _tensor(value) -> torch.Tensor:
+    return value.double() if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
+
+
+def infraction_penalty(counts: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+    """Product of coefficient ** count over the penalised infractions in ``counts`` (1 = none), float64."""
+    penalty = torch.ones((), dtype=torch.float64)
+    for name, coefficient in PENALTY_COEFFICIENTS.items():
+        if name in counts:
+            penalty = penalty * coefficient ** _tensor(counts[name])
+    return penalty
+
+
+def driving_score(route_completion: torch.Tensor | float, counts: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+    """Route completion (%) x infraction penalty, float64, in [0, 100]."""
+    return _tensor(route_completion) * infraction_penalty(counts)
+
+
+def success(route_completion: torch.Tensor | float, counts: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+    """Completed (100 %) with no infraction of any kind in ``counts``."""
+    completion = _tensor(route_completion)
+    clean = torch.ones_like(completion, dtype=torch.bool)
+    for value in counts.values():
+        clean = clean & (_tensor(value) == 0)
+    return (completion >= COMPLETE_PCT) & clean
+
+
+def per_km(count: torch.Tensor | float, metres: torch.Tensor | float) -> float:
+    """Total ``count`` over total ``metres`` / 1000 (0 when nothing was driven)."""
+    kilometres = float(_tensor(metres).sum()) / 1000.0
+    return float(_tensor(count).sum()) / kilometres if kilometres > 0 else 0.0
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode of one world."""
+
+    world: int
+    route_completion: float  # %, the furthest reached
+    route_progress_m: float  # metres of route driven (the furthest reached)
+    distance_m: float  # odometer
+    steps: int
+    infractions: dict[str, int] = field(default_factory=dict)  # every name of envs.api.INFRACTIONS
+    infraction_penalty: float = 1.0
+    driving_score: float = 0.0
+    success: bool = False
+    completed: bool = False  # the goal was reached
+
+
+class EpisodeAccumulator:
+    """Folds the per-step ``info`` of B worlds (envs.api.StepResult.info) into :class:`EpisodeRecord` s.
+
+    ``update(info, done)`` adds one step and returns the records of the episodes that ended on it. A world
+    whose episode has been recorded is ignored (backends keep ended worlds frozen and done) until
+    :meth:`start` is called for it after it is reset. All worlds start open.
+    """
+
+    def __init__(self, num_worlds: int, infractions: Sequence[str] = INFRACTIONS):
+        self.num_worlds = num_worlds
+        self.infractions = tuple(infractions)
+        self._counts = torch.zeros(len(self.infractions), num_worlds, dtype=torch.long)
+        self._completion = torch.zeros(num_worlds, dtype=torch.float64)
+        self._progress = torch.zeros(num_worlds, dtype=torch.float64)
+        self._distance = torch.zeros(num_worlds, dtype=torch.float64)
+        self._completed = torch.zeros(num_worlds, dtype=torch.bool)
+        self._steps = torch.zeros(num_worlds, dtype=torch.long)
+        self._open = torch.ones(num_worlds, dtype=torch.bool)
+
+    def start(self, world_ids: Sequence[int] | torch.Tensor | None = None) -> None:
+        """Begin new episodes in ``world_ids`` (all when None), dropping what was gathered there."""
+        ids = torch.arange(self.num_worlds) if world_ids is None else torch.as_tensor(world_ids, dtype=torch.long)
+        self._counts[:, ids] = 0
+        for values in (self._completion, self._progress, self._distance, self._steps):
+            values[ids] = 0
+        self._completed[ids] = False
+        self._open[ids] = True
+
+    def update(self, info: Mapping[str, torch.Tensor], done: torch.Tensor) -> list[EpisodeRecord]:
+        """Add one step of all worlds: ``info`` as returned by ``Backend.step`` (tensors or arrays [B]) and
+        ``done`` [B] (terminated | truncated). Returns the records of episodes that ended on this step."""
+        live = self._open.clone()
+        for k, name in enumerate(self.infractions):
+            if name in info:
+                self._counts[k] += torch.as_tensor(info[name]).cpu().bool() & live
+        completion = torch.as_tensor(info["route_completion"]).cpu().double()
+        progress = torch.as_tensor(info["route_progress_m"]).cpu().double()
+        self._completion = torch.where(live, self._completion.maximum(completion), self._completion)
+        self._progress = torch.where(live, self._progress.maximum(progress), self._progress)
+        if "distance_m" in info:
+            self._distance = torch.where(live, torch.as_tensor(info["distance_m"]).cpu().double(), self._distance)
+        if "route_completed" in info:
+            self._completed |= torch.as_tensor(info["route_completed"]).cpu().bool() & live
+        self._steps += live.long()
+        ended = live & torch.as_tensor(done).cpu().bool()
+        records = []
+        for world in torch.nonzero(ended).flatten().tolist():
+            counts = {name: int(self._counts[k, world]) for k, name in enumerate(self.infractions)}
+            completion_pct = 100.0 if self._completed[world] else float(self._completion[world])
+            records.append(EpisodeRecord(
+                world=world, route_completion=completion_pct, route_progress_m=float(self._progress[world]),
+                distance_m=float(self._distance[world]), steps=int(self._steps[world]), infractions=counts,
+                infraction_penalty=float(infraction_penalty(counts)),
+                driving_score=float(driving_score(completion_pct, counts)),
+                success=bool(success(completion_pct, counts)), completed=bool(self._completed[world])))
+        self._open &= ~ended
+        return records
+
+
+def summarise(records: Sequence[EpisodeRecord], infractions: Sequence[str] = INFRACTIONS) -> dict[str, float]:
+    """Suite metrics (flat names): the mean over routes of driving score, route completion, infraction
+    penalty and success; each infraction per km of route driven (``<name>_per_km``) and all of them
+    (``infractions_per_km``); ``km_driven`` and ``num_routes``."""
+    if not records:
+        return {"num_routes": 0.0}
+
+    def mean(values):
+        return float(torch.tensor(values, dtype=torch.float64).mean())
+
+    metres = torch.tensor([r.route_progress_m for r in records], dtype=torch.float64)
+    out = {"num_routes": float(len(records)),
+           "driving_score": mean([r.driving_score for r in records]),
+           "route_completion": mean([r.route_completion for r in records]),
+           "infraction_penalty": mean([r.infraction_penalty for r in records]),
+           "success": mean([float(r.success) for r in records]),
+           "km_driven": float(metres.sum()) / 1000.0}
+    total = 0
+    for name in infractions:
+        count = sum(r.infractions.get(name, 0) for r in records)
+        total += count
+        out[f"{name}_per_km"] = per_km(count, metres)
+    out["infractions_per_km"] = per_km(total, metres)
+    return out
