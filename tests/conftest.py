@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small batches; 2 OpenMP threads thrash when another process takes a core
 
 
 @pytest.fixture
