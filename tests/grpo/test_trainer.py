@@ -16,6 +16,7 @@ from grpo.checkpoint import load_checkpoint
 from grpo.config import EvalConfig, train_config_from_dict
 from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer, TrainingError
+from tests.processes import process_alive
 
 ROOT = Path(__file__).parents[2]
 
@@ -166,15 +167,6 @@ def test_multirun_sweep_gives_each_job_its_own_run(tmp_path):
     assert sizes == {"sweep-0": 2, "sweep-1": 4}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
-
-
 def test_training_on_two_services_in_waves_survives_a_killed_service(tmp_path, monkeypatch):
     # 4 trunks x 4 branches = 16 branches on 2 services of 4 worlds: two waves per iteration.
     config = quiet_config(tmp_path, env={"num_services": 2, "worlds_per_service": 4}, grpo={"iterations": 3})
@@ -193,7 +185,7 @@ def test_training_on_two_services_in_waves_survives_a_killed_service(tmp_path, m
     assert trainer.iteration == 3  # training went on
     assert metrics["perf/waves"] == 2
     assert metrics["services/restarts"] == 1 and metrics["groups/dropped_service_failure"] >= 1
-    assert not any(_alive(pid) for pid in pids + list(trainer.backend.pids or []))
+    assert not any(process_alive(pid) for pid in pids + list(trainer.backend.pids or []))
 
 
 def test_ctrl_c_stops_every_service(tmp_path, monkeypatch):
@@ -202,4 +194,4 @@ def test_ctrl_c_stops_every_service(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "train_iteration", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert pids and not any(_alive(pid) for pid in pids)
+    assert pids and not any(process_alive(pid) for pid in pids)

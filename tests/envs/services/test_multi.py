@@ -13,22 +13,13 @@ from envs.factory import build_backend, env_config_from_dict
 from envs.services.launch import split_worlds
 from envs.sim.config import SimConfig
 from envs.sim.world import DrivingSim
+from tests.processes import process_alive
 
 STRAIGHT = {"map": "straight", "num_towns": 2}
 
 
 def services(num_services=2, **extra):
     return env_config_from_dict({**STRAIGHT, "num_services": num_services, **extra})
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) is not alive either.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 @pytest.fixture
