@@ -11,7 +11,7 @@ highway-env is installed (``pip install -e .[bench]``) it also measures ``highwa
 actions on the same machine and prints the ratio, both per step and per simulated second (a highway-env
 step covers 1 / policy_frequency seconds, ours ``dt``).
 
-The **busy** world is the default configuration (conf/env/sim.yaml): 12 traffic vehicles, 4 pedestrian
+The **busy** world is the default configuration (conf/env/sim.yaml): 10 traffic vehicles, 4 pedestrian
 slots and traffic lights per world. Throughput is given from the mean step time (the world spawns on every
 5th of its steps, so steps differ) and from the median (robust to a step preempted by another process);
 both are stored. The ego is driven by the rule-based expert, computed outside the timed region, so the
