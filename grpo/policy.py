@@ -132,7 +132,13 @@ class _BetaPolicy(nn.Module):
     """What every policy shares: ``forward(obs, raster) -> BetaActions`` (defined by the subclass) and
     ``act``, which samples (or takes the mode) and maps raw actions to the backend's actions."""
 
-    actions: ActionMapping
+    def __init__(self, obs_size: int, config: PolicyConfig, actions: ActionMapping) -> None:
+        super().__init__()
+        if obs_size < 1:
+            raise ValueError(f"obs_size must be >= 1; got {obs_size}")
+        self.obs_size = obs_size
+        self.config = config
+        self.actions = actions
 
     @torch.no_grad()
     def act(
@@ -158,12 +164,7 @@ class MLPPolicy(_BetaPolicy):
     uses_raster = False
 
     def __init__(self, obs_size: int, config: PolicyConfig, actions: ActionMapping = DRIVING_ACTIONS) -> None:
-        super().__init__()
-        if obs_size < 1:
-            raise ValueError(f"obs_size must be >= 1; got {obs_size}")
-        self.obs_size = obs_size
-        self.config = config
-        self.actions = actions
+        super().__init__(obs_size, config, actions)
         self.trunk, features = _mlp(obs_size, config.hidden_sizes, config.activation)
         self.head = _BetaHead(features, actions.raw_dim)
 
@@ -183,12 +184,7 @@ class CNNPolicy(_BetaPolicy):
     uses_raster = True
 
     def __init__(self, obs_size: int, config: PolicyConfig, actions: ActionMapping = DRIVING_ACTIONS) -> None:
-        super().__init__()
-        if obs_size < 1:
-            raise ValueError(f"obs_size must be >= 1; got {obs_size}")
-        self.obs_size = obs_size
-        self.config = config
-        self.actions = actions
+        super().__init__(obs_size, config, actions)
         layers: list[nn.Module] = []
         in_channels = config.raster_channels
         for channels in config.conv_channels:
