@@ -414,7 +414,7 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     terminated = completed or any(happened[name] for name in config.terminate_on)
     truncated = happened["timeout"] and not terminated
     progress = min(route_s, route.length) - min(episode.route_s, route.length)
-    reward = config.reward.progress_per_m * progress - config.reward.lateral_offset_per_m * abs(lateral)
+    reward = float(config.reward.dense(torch.tensor(progress), torch.tensor(speed), torch.tensor(lateral), dt))
     for name, value in happened.items():
         if value:
             reward -= config.reward.penalty(name)

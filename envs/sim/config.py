@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from envs.sim.towngen import TownConfig
 
 TERMINAL_INFRACTIONS = ("collision_pedestrian", "collision_vehicle", "collision_static", "off_road",
@@ -43,10 +45,10 @@ class VehicleConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Per-step reward = progress_per_m * (metres of route progress this step) - the penalty of each
-    infraction that happened this step. Terminal infractions also end the episode, so their penalty comes
-    on top of the progress the branch can no longer earn. Returns are normalised within a GRPO group, so
-    only the ratios between weights matter."""
+    """Per-step reward = progress_per_m * (metres of route progress this step, counted up to the speed
+    limit) - the penalty of each infraction that happened this step. Terminal infractions also end the
+    episode, so their penalty comes on top of the progress the branch can no longer earn. Returns are
+    normalised within a GRPO group, so only the ratios between weights matter."""
 
     progress_per_m: float = 0.1  # a 300 m route is worth 30
     collision_pedestrian: float = 10.0
@@ -58,9 +60,28 @@ class RewardConfig:
     blocked: float = 5.0
     timeout: float = 0.0
     lateral_offset_per_m: float = 0.0  # optional shaping: per metre off the route centre line, per step
+    speed_limit: float = 0.0  # m/s; progress faster than this earns nothing more (0: no limit)
+    stop_decel: float = 0.0  # m/s^2; > 0: before a red light the limit falls to what can stop 1 m short of
+    # its line braking this hard, sqrt(2 * stop_decel * (distance - 1)) (0: off)
+    overspeed_per_ms: float = 0.0  # penalty per m/s above the limit, per step
 
     def penalty(self, infraction: str) -> float:
         return getattr(self, infraction)
+
+    def dense(self, progress_m: torch.Tensor, speed: torch.Tensor, lateral_offset: torch.Tensor, dt: float,
+              red_stop_distance: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-step reward before infraction penalties: progress (at most ``limit * dt`` metres a step, so
+        speeding buys no reward), less the optional overspeed and lateral-offset shaping. The limit is
+        ``speed_limit``, lowered before a red light (``red_stop_distance`` [B] metres to its stop line, inf
+        where there is none) when ``stop_decel`` is on; no limit when neither applies."""
+        reward = -self.lateral_offset_per_m * lateral_offset.abs()
+        limit = torch.full_like(speed, self.speed_limit if self.speed_limit > 0 else float("inf"))
+        if self.stop_decel > 0 and red_stop_distance is not None:
+            limit = limit.minimum((2.0 * self.stop_decel * (red_stop_distance - 1.0).clamp(min=0.0)).sqrt())
+        progress_m = progress_m.minimum(limit * dt)
+        overspeed = (speed - limit).clamp(min=0.0)
+        reward = reward - self.overspeed_per_ms * torch.where(torch.isfinite(limit), overspeed, 0.0)
+        return reward + self.progress_per_m * progress_m
 
 
 @dataclass(frozen=True)

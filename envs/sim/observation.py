@@ -101,3 +101,11 @@ def light_features(layout: ObservationLayout, state: torch.Tensor, distance: tor
     out[:, 3] = distance / layout.distance_scale * shown
     out[:, 4] = shown
     return out
+
+
+def red_stop_distance(obs: torch.Tensor, layout: ObservationLayout) -> torch.Tensor:
+    """[B] metres from the ego's front bumper to the stop line of the red light its observation shows
+    ahead; inf where none is shown."""
+    light = obs[:, layout.slices["light"]]
+    red = (light[:, 0] > 0.5) & (light[:, 4] > 0.5)
+    return torch.where(red, light[:, 3] * layout.distance_scale, torch.full_like(light[:, 3], float("inf")))

@@ -37,7 +37,7 @@ from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import SimConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
 from envs.sim.lights import RED, light_states
-from envs.sim.observation import actor_features, build_observation, light_features
+from envs.sim.observation import actor_features, build_observation, light_features, red_stop_distance
 from envs.sim.ops import select, select_int
 from envs.sim.pedestrians import Pedestrians, spawn_pedestrian, walk
 from envs.sim.raster import RasterObserver
@@ -246,11 +246,7 @@ class DrivingSim:
         truncated = events["timeout"] & ~terminated
 
         progress_m = s.route_s.minimum(s.route_end_s) - old_route_s.minimum(s.route_end_s)
-        reward = cfg.reward.progress_per_m * progress_m - cfg.reward.lateral_offset_per_m * s.lateral_offset.abs()
-        for name, happened in events.items():
-            weight = cfg.reward.penalty(name)
-            if weight:
-                reward = reward - weight * happened.float()
+        speed = s.speed.clone()
         s.terminated.copy_(terminated.long())
         s.truncated.copy_(truncated.long())
 
@@ -261,11 +257,17 @@ class DrivingSim:
             s.floats.copy_(select(keep, kept[0], s.floats))
             s.ints.copy_(select_int(keep, kept[1], s.ints))
         live = ~was_done
+        observation = self.observe()
+        reward = cfg.reward.dense(progress_m, speed, s.lateral_offset, cfg.dt,
+                                  red_stop_distance(observation, self.layout))
+        for name, happened in events.items():
+            weight = cfg.reward.penalty(name)
+            if weight:
+                reward = reward - weight * happened.float()
         info = {name: happened & live for name, happened in events.items()}
         info.update(self._progress_info())
         info["route_completed"] = completed & live
-        return StepResult(self.observe(), reward * live,
-                          s.terminated.bool(), s.truncated.bool(), info)
+        return StepResult(observation, reward * live, s.terminated.bool(), s.truncated.bool(), info)
 
     def _project_onto_route(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Move each world's route position to the route point nearest the ego (searching a window

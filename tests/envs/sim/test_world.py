@@ -57,6 +57,36 @@ def test_reward_is_progress_when_nothing_goes_wrong(straight_sim):
     assert torch.allclose(result.reward, 0.1 * progress)
 
 
+def test_speed_limit_caps_the_progress_reward_and_overspeed_is_penalised(straight_sim):
+    from envs.sim.config import RewardConfig
+
+    limited = RewardConfig(speed_limit=5.0, overspeed_per_ms=0.2)
+    sims = [straight_sim(2), straight_sim(2, reward=limited)]
+    for sim in sims:
+        sim.reset(0)
+    for _ in range(40):  # full throttle for 4 s: about 15 m/s, above the 5 m/s limit
+        free, capped = (sim.step(controls(2, throttle=1.0)) for sim in sims)
+    speed = sims[1].state.speed
+    assert (speed > 10.0).all()
+    assert torch.allclose(free.reward, torch.full((2,), 0.1 * 0.1 * 15.0), atol=0.02)  # 0.1 per m, 15 m/s x 0.1 s
+    # progress counted at 5 m/s at most (0.1 x 0.5 m), less 0.2 per m/s above the limit
+    assert torch.allclose(capped.reward, 0.1 * 0.5 - 0.2 * (speed - 5.0), atol=1e-4)
+
+
+def test_a_red_light_ahead_lowers_the_limit_to_a_speed_that_can_still_stop():
+    from envs.sim.config import RewardConfig
+
+    reward = RewardConfig(speed_limit=10.0, stop_decel=2.0, overspeed_per_ms=0.1)
+    speed = torch.tensor([8.0, 8.0, 8.0])
+    progress = speed * 0.1
+    red = torch.tensor([float("inf"), 9.0, 1.0])  # no red light; its line 9 m ahead; 1 m ahead
+    got = reward.dense(progress, speed, torch.zeros(3), 0.1, red)
+    near = (2.0 * 2.0 * 8.0) ** 0.5  # sqrt(2 a (9 - 1)) = 5.66 m/s can still stop 1 m short of the line
+    expected = torch.tensor([0.1 * 0.8, 0.1 * near * 0.1 - 0.1 * (8.0 - near), 0.0 - 0.1 * 8.0])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(RewardConfig().dense(progress, speed, torch.zeros(3), 0.1, red), 0.1 * progress)  # off
+
+
 def test_leaving_the_road_is_detected_and_terminates(straight_sim):
     sim = straight_sim(2)
     sim.reset(0)
