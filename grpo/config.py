@@ -12,6 +12,7 @@ from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.advantages import Scaling, ZeroStdGroups
 from grpo.loss import Aggregation, KLEstimator, LossConfig, RatioLevel
 from grpo.policy import PolicyConfig
+from grpo.pretrain import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -156,7 +158,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain, resolved form (stored in checkpoints and logged); ``train_config_from_dict`` reads it."""
         out = {f: to_dict(getattr(self, f)) for f in ("seed", "device", "run_name", "resume", "deterministic",
-                                                       "policy", "grpo", "logger", "eval", "checkpoint")}
+                                                       "policy", "grpo", "pretrain", "logger", "eval",
+                                                       "checkpoint")}
         out["env"] = self.env.to_flat_dict()
         return out
 

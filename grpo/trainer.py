@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 from envs.factory import build_backend
+from envs.sim import rng
+from envs.sim.expert import ExpertDriver
 from grpo.advantages import group_advantages
 from grpo.checkpoint import (
     CheckpointError,
@@ -35,6 +37,7 @@ from grpo.distributions import action_mapping_for
 from grpo.evaluation import evaluate_policy
 from grpo.loss import grpo_loss
 from grpo.policy import build_policy
+from grpo.pretrain import behaviour_cloning, collect_demonstrations
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
 
@@ -116,14 +119,41 @@ class Trainer:
     def begin(self) -> None:
         """Resume from a checkpoint (``resume``) or start every trunk's first episode; open the logs."""
         resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name)
+        pretrain_metrics: dict[str, float] = {}
         if resume_from is not None:
             self.load(resume_from)
             print(f"resumed from {resume_from} at iteration {self.iteration}")
         else:
+            pretrain_metrics = self.pretrain()
             self.rollout.start()
         self.logger = RunLogger(self.config.logger, self.config.run_name, self.config.to_dict())
         for notice in self.logger.notices:
             print(notice)
+        if pretrain_metrics:
+            self.logger.log(pretrain_metrics, 0)
+
+    def pretrain(self) -> dict[str, float]:
+        """Behaviour cloning of the expert before a fresh run's first iteration (grpo/pretrain.py); the frozen
+        reference policy is the cloned one. Skipped (returns {}) when off, for non-driving backends (no
+        expert) and for raster policies (demonstrations hold vectors only)."""
+        config = self.config.pretrain
+        if config.updates == 0:
+            return {}
+        if self.policy.actions.kind != "driving" or self.policy.uses_raster:
+            print("pretrain: skipped (the expert drives only the vector observation of a driving backend)")
+            return {}
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.config.seed + 3)
+        seeds = rng.mix(self.config.seed, torch.arange(100_000), 0xB0C).tolist()
+        observations, labels = collect_demonstrations(self.backend, ExpertDriver(), config.demo_steps, seeds,
+                                                      config.noise, generator)
+        metrics = behaviour_cloning(self.policy, observations, labels, config, generator)
+        if self.reference is not None:
+            self.reference.load_state_dict(self.policy.state_dict())
+        metrics["time/pretrain_s"] = time.perf_counter() - start
+        print(f"pretrain: cloned the expert on {len(labels):,} samples in {metrics['time/pretrain_s']:.0f} s "
+              f"(nll {metrics['pretrain/nll']:.2f}, mode error {metrics['pretrain/mode_error']:.3f})", flush=True)
+        return metrics
 
     def finish(self) -> None:
         """Close the logs and the backend."""
