@@ -24,9 +24,9 @@ class GRPOConfig:
     """
 
     iterations: int = 2000  # training iterations (one rollout + one update each)
-    num_trunks: int = 32  # T: episodes advanced in parallel; each branches once per iteration
+    num_trunks: int = 16  # T: episodes advanced in parallel; each branches once per iteration
     group_size: int = 8  # G: branches restored from one snapshot (DeepSeekMath used 64 samples per prompt)
-    branch_horizon: int = 30  # H: steps each branch is driven (30 x 0.1 s = 3 s)
+    branch_horizon: int = 100  # H: steps each branch is driven (100 x 0.1 s = 10 s)
     train_steps: int | None = None  # k: train on each branch's first k steps (1 = single actions scored by
     # their branch's return, the mission's literal form); None = the whole horizon
     trunk_steps: int = 0  # single-mode steps the trunk drives between branch points (not trained on)
