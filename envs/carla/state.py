@@ -30,6 +30,7 @@ import torch
 from envs.api import INFRACTIONS, ObservationLayout, Snapshot
 from envs.carla.config import CarlaConfig
 from envs.carla.lights import RED, StopLines, red_light_crossed, to_sim_state
+from envs.sim.lights import RED as SIM_RED
 
 STATE_VERSION = 1  # bump when the snapshot layout changes (it is part of the backend's signature)
 EGO_KEY = "hero"  # CARLA's conventional role name for the ego (large maps stream tiles around it)
@@ -305,14 +306,9 @@ def observation_view(layout: ObservationLayout, actors: ActorStates, episode: Ep
     ahead = episode.route_s + layout.route_point_spacing_m * np.arange(1, layout.num_route_points + 1)
     remaining = (route.length - episode.route_s) / route.length
     light = np.zeros(3)
-    front_s = episode.route_s + actors.vehicle_extent[0, 0]
-    upcoming = np.flatnonzero(route.stop_s > front_s)
-    if len(upcoming):
-        first = upcoming[0]
-        distance = route.stop_s[first] - front_s
-        state = to_sim_state(actors.light_state[route.stop_light[first]])
-        if distance <= LIGHT_OBSERVATION_M and state >= 0:
-            light[:] = (state, distance, 1.0)
+    next_stop = next_light(route, actors, episode.route_s)
+    if next_stop is not None:
+        light[:] = (*next_stop, 1.0)
     return ObservationView(float(x[0]), float(y[0]), float(yaw[0]), episode.speed, np.asarray(episode.last_control),
                            episode.lateral_offset, episode.heading_error, remaining, route.point_at(ahead),
                            vehicles, walkers, light)
@@ -379,6 +375,19 @@ class StepEvents:
     on_road: bool = True  # the ego's centre is on a driving lane
 
 
+def next_light(route: RouteData, actors: ActorStates, route_s: float) -> tuple[int, float] | None:
+    """The next light on the route whose stop line the ego's front bumper has not passed and which is at
+    most LIGHT_OBSERVATION_M ahead: (its state as envs.sim.lights numbers, metres to its line), or None."""
+    front_s = route_s + actors.vehicle_extent[0, 0]
+    upcoming = np.flatnonzero(route.stop_s > front_s)
+    if not len(upcoming):
+        return None
+    first = upcoming[0]
+    distance = float(route.stop_s[first] - front_s)
+    state = int(to_sim_state(actors.light_state[route.stop_light[first]]))
+    return (state, distance) if distance <= LIGHT_OBSERVATION_M and state >= 0 else None
+
+
 def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData, stop_lines: StopLines,
                     actors: ActorStates, control: np.ndarray, events: StepEvents
                     ) -> tuple[EpisodeState, float, dict[str, float | bool]]:
@@ -414,7 +423,10 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     terminated = completed or any(happened[name] for name in config.terminate_on)
     truncated = happened["timeout"] and not terminated
     progress = min(route_s, route.length) - min(episode.route_s, route.length)
-    reward = float(config.reward.dense(torch.tensor(progress), torch.tensor(speed), torch.tensor(lateral), dt))
+    next_stop = next_light(route, actors, route_s)
+    red_stop = next_stop[1] if next_stop is not None and next_stop[0] == SIM_RED else math.inf
+    reward = float(config.reward.dense(torch.tensor(progress), torch.tensor(speed), torch.tensor(lateral), dt,
+                                       torch.tensor(red_stop)))
     for name, value in happened.items():
         if value:
             reward -= config.reward.penalty(name)

@@ -159,6 +159,20 @@ def test_progress_reward_and_info():
     assert episode.last_control == (0.5, 0.0, 0.0)
 
 
+def test_a_red_light_ahead_lowers_the_progress_limit_with_stop_decel():
+    reward = dataclasses.replace(CONFIG.reward, stop_decel=2.0, overspeed_per_ms=0.1)
+    config = dataclasses.replace(CONFIG, reward=reward)
+    route = straight_route(stop_at=21.4, light=1)  # ego front at 11 + 2.4 = 13.4 after the step: 8 m to the line
+    start = start_episode(7, 0, 3, route, actors_with_ego(x=10.0), 0.0)
+    actors = actors_with_ego(x=11.0, speed=6.0)
+    actors.light_state[1] = RED
+    _, red, _ = step(start, actors, route=route, config=config)
+    limit = math.sqrt(2.0 * 2.0 * 7.0)  # stop 1 m short of the line braking at 2 m/s^2
+    assert red == pytest.approx(0.1 * limit * CONFIG.fixed_delta_seconds - 0.1 * (6.0 - limit), abs=1e-5)
+    actors.light_state[1] = GREEN
+    assert step(start, actors, route=route, config=config)[1] == pytest.approx(0.1)  # 1 m of progress
+
+
 def test_a_lasting_contact_is_one_collision():
     episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(), 0.0)
     config = dataclasses.replace(CONFIG, terminate_on=())
