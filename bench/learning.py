@@ -67,11 +67,11 @@ def main() -> None:
               f"success {metrics['eval/success_rate']:.2f}", flush=True)
 
     evaluate(0.0)  # the untrained policy
-    start = time.perf_counter()
-    trainer.begin()  # the warm start (behaviour cloning), if on, counts as training time
-    training_seconds = time.perf_counter() - start
-    next_eval = 0.0 if config.pretrain.updates else args.eval_every_s  # the cloned policy's score, if cloned
     try:
+        start = time.perf_counter()
+        trainer.begin()  # the warm start (behaviour cloning), if on, counts as training time
+        training_seconds = time.perf_counter() - start
+        next_eval = 0.0 if config.pretrain.updates else args.eval_every_s  # the cloned policy's score, if cloned
         while training_seconds < 60 * args.minutes:
             if training_seconds >= next_eval:
                 evaluate(training_seconds)

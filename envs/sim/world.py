@@ -246,7 +246,6 @@ class DrivingSim:
         truncated = events["timeout"] & ~terminated
 
         progress_m = s.route_s.minimum(s.route_end_s) - old_route_s.minimum(s.route_end_s)
-        speed = s.speed.clone()
         s.terminated.copy_(terminated.long())
         s.truncated.copy_(truncated.long())
 
@@ -258,8 +257,9 @@ class DrivingSim:
             s.ints.copy_(select_int(keep, kept[1], s.ints))
         live = ~was_done
         observation = self.observe()
-        reward = cfg.reward.dense(progress_m, speed, s.lateral_offset, cfg.dt,
-                                  red_stop_distance(observation, self.layout))
+        # Ended worlds were restored above; their reward is zeroed below, so the state is read as it now is.
+        red_stop = red_stop_distance(observation, self.layout) if cfg.reward.stop_decel > 0 else None
+        reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop)
         for name, happened in events.items():
             weight = cfg.reward.penalty(name)
             if weight:
