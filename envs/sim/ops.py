@@ -24,29 +24,30 @@ def scalar(value: float | int, dtype: torch.dtype, device: torch.device) -> torc
     return tensor
 
 
+def _operands(condition: torch.Tensor, a, b, default: torch.dtype, cast: type):
+    """``condition`` as a uint8 view if bool, and scalar operands as cached 0-d tensors of the tensor operand's
+    dtype (``default`` when both are scalars)."""
+    dtype = a.dtype if isinstance(a, torch.Tensor) else b.dtype if isinstance(b, torch.Tensor) else default
+    if not isinstance(a, torch.Tensor):
+        a = scalar(cast(a), dtype, condition.device)
+    if not isinstance(b, torch.Tensor):
+        b = scalar(cast(b), dtype, condition.device)
+    if condition.dtype == torch.bool:
+        condition = condition.view(torch.uint8)
+    return condition, a, b
+
+
 def select(condition: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     """``torch.where(condition, a, b)`` for finite floats (tensors or scalars, broadcast together);
     ``condition`` is bool or a 0/1 mask (float masks are used as they are)."""
-    dtype = a.dtype if isinstance(a, torch.Tensor) else b.dtype if isinstance(b, torch.Tensor) else torch.float32
-    if not isinstance(a, torch.Tensor):
-        a = scalar(float(a), dtype, condition.device)
-    if not isinstance(b, torch.Tensor):
-        b = scalar(float(b), dtype, condition.device)
-    if condition.dtype == torch.bool:
-        condition = condition.view(torch.uint8)
-    return torch.lerp(b, a, condition if condition.dtype == dtype else condition.to(dtype))
+    condition, a, b = _operands(condition, a, b, torch.float32, float)
+    return torch.lerp(b, a, condition if condition.dtype == a.dtype else condition.to(a.dtype))
 
 
 def select_int(condition: torch.Tensor, a: torch.Tensor | int, b: torch.Tensor | int) -> torch.Tensor:
     """``torch.where(condition, a, b)`` for integer tensors (or int scalars), by bitwise selection; int32
     inputs are about five times faster than int64 here. ``condition``: bool or a 0/1 integer mask."""
-    dtype = a.dtype if isinstance(a, torch.Tensor) else b.dtype if isinstance(b, torch.Tensor) else torch.long
-    if not isinstance(a, torch.Tensor):
-        a = scalar(int(a), dtype, condition.device)
-    if not isinstance(b, torch.Tensor):
-        b = scalar(int(b), dtype, condition.device)
-    if condition.dtype == torch.bool:
-        condition = condition.view(torch.uint8)
+    condition, a, b = _operands(condition, a, b, torch.long, int)
     dtype = torch.promote_types(a.dtype, b.dtype)
     if condition.dtype != dtype:
         condition = condition.to(dtype)
