@@ -76,14 +76,19 @@ def park_ego_beside_the_junction(sim, world=0):
     sim.state.route_end_s[world] = 1e6
 
 
-def test_follower_stops_behind_a_leader_on_the_next_lane():
+def empty_junction(**overrides):
+    """One world on the 4-way junction with its traffic removed and the ego parked beside it, plus the
+    junction's lane ids and its town: a stage for hand-placed vehicles."""
     sim = DrivingSim(SimConfig(num_worlds=1, map="junction", num_towns=1, pedestrians=NO_PEDESTRIANS,
-                               terminate_on=()))
+                               terminate_on=(), **overrides))
     sim.reset([0])
     sim.remove_vehicles(0)
     park_ego_beside_the_junction(sim)
-    ids = cross_junction_ids()
-    town = sim.town(0)
+    return sim, cross_junction_ids(), sim.town(0)
+
+
+def test_follower_stops_behind_a_leader_on_the_next_lane():
+    sim, ids, town = empty_junction()
     approach = ids.approach["eastbound"][0]
     straight = next(int(c) for c in town.lane_successors[approach]
                     if c >= 0 and town.lane_successors[c, 0] == ids.exit["eastbound"][0])
@@ -121,13 +126,7 @@ def test_lane_leaders_on_hand_made_cases():
 
 
 def test_traffic_stops_at_a_red_light_and_never_enters_on_red():
-    sim = DrivingSim(SimConfig(num_worlds=1, map="junction", num_towns=1, pedestrians=NO_PEDESTRIANS,
-                               terminate_on=(), max_episode_steps=5000))
-    sim.reset([0])
-    sim.remove_vehicles(0)
-    park_ego_beside_the_junction(sim)
-    ids = cross_junction_ids()
-    town = sim.town(0)
+    sim, ids, town = empty_junction(max_episode_steps=5000)
     approach = ids.approach["eastbound"][0]
     light = ids.light["eastbound"]
     # Put the junction's cycle where this approach has just turned red: the vehicle (8 m/s, 60 m away)
