@@ -10,6 +10,7 @@ from typing import Any, Literal
 from envs.factory import EnvConfig, env_config_from_dict
 from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.advantages import Scaling, ZeroStdGroups
+from grpo.distributions import ACTION_DIM
 from grpo.loss import Aggregation, KLEstimator, LossConfig, RatioLevel
 from grpo.policy import PolicyConfig
 from grpo.pretrain import PretrainConfig
@@ -87,11 +88,13 @@ class GRPOConfig:
     def trained_steps(self) -> int:
         return self.branch_horizon if self.train_steps is None else self.train_steps
 
-    def loss_config(self) -> LossConfig:
+    def loss_config(self, decisions: int | None = None) -> LossConfig:
+        """The loss options; ``decisions`` is the number of trained decisions per branch (Dr. GRPO's constant
+        normaliser), the trained steps when every step is one."""
         return LossConfig(clip_low=self.clip_low, clip_high=self.clip_high, beta=self.beta,
                           kl_estimator=self.kl_estimator, entropy_coef=self.entropy_coef,
                           aggregation=self.aggregation, ratio_level=self.ratio_level,
-                          dr_grpo_normalizer=float(self.trained_steps))
+                          dr_grpo_normalizer=float(decisions or self.trained_steps))
 
 
 @dataclass(frozen=True)
@@ -174,4 +177,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     if episode_limit is not None and config.grpo.branch_horizon >= episode_limit:
         raise ConfigError(f"grpo.branch_horizon={config.grpo.branch_horizon} must be shorter than the episode limit "
                           f"env.max_episode_steps={episode_limit}")
+    repeat = config.policy.action_repeat
+    if env.backend != "gym" and isinstance(repeat, tuple) and len(repeat) != ACTION_DIM:
+        raise ConfigError(f"policy.action_repeat={list(repeat)} needs one entry per action dimension "
+                          f"[acceleration, steer], or one int for both")
     return config

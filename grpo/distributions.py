@@ -82,19 +82,20 @@ class BetaActions:
             raw = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
         return raw.clamp(RAW_EPS, 1.0 - RAW_EPS)
 
-    def log_prob(self, raw: Tensor) -> Tensor:
-        """[N] log-density of raw actions [N, 2] in (0, 1), summed over the action dimensions.
+    def log_prob(self, raw: Tensor, dims: Tensor | None = None) -> Tensor:
+        """[N] log-density of raw actions [N, k] in (0, 1), summed over the action dimensions, or over those
+        ``dims`` marks (bool, [k] or [N, k]): the dimensions sampled at this step when others are held.
 
         Written out rather than through ``Beta.log_prob``, which stacks ``[x, 1 - x]`` into a Dirichlet and
         checks the simplex on every call; ``log1p(-x)`` also keeps precision near x = 1.
         """
         log_normaliser = torch.lgamma(self.alpha) + torch.lgamma(self.beta) - torch.lgamma(self.alpha + self.beta)
         log_density = (self.alpha - 1.0) * torch.log(raw) + (self.beta - 1.0) * torch.log1p(-raw) - log_normaliser
-        return log_density.sum(dim=-1)
+        return _sum_dims(log_density, dims)
 
-    def entropy(self) -> Tensor:
-        """[N] differential entropy, summed over the action dimensions (closed form)."""
-        return self._dist.entropy().sum(dim=-1)
+    def entropy(self, dims: Tensor | None = None) -> Tensor:
+        """[N] differential entropy, summed over the action dimensions (or those ``dims`` marks)."""
+        return _sum_dims(self._dist.entropy(), dims)
 
     def mode(self) -> Tensor:
         """[N, 2] the most likely raw action, (alpha - 1) / (alpha + beta - 2): the deterministic action.
@@ -109,9 +110,14 @@ class BetaActions:
         mode = torch.where(flat, torch.full_like(mode, 0.5), mode)
         return mode.clamp(RAW_EPS, 1.0 - RAW_EPS)
 
-    def kl(self, other: BetaActions) -> Tensor:
-        """[N] KL(self || other) in closed form, summed over the action dimensions."""
-        return kl_divergence(self._dist, other._dist).sum(dim=-1)
+    def kl(self, other: BetaActions, dims: Tensor | None = None) -> Tensor:
+        """[N] KL(self || other) in closed form, summed over the action dimensions (or those ``dims`` marks)."""
+        return _sum_dims(kl_divergence(self._dist, other._dist), dims)
+
+
+def _sum_dims(values: Tensor, dims: Tensor | None) -> Tensor:
+    """[N, k] per-dimension values summed over the dimensions ``dims`` marks ([k] or [N, k] bool; all if None)."""
+    return values.sum(dim=-1) if dims is None else torch.where(dims, values, 0.0).sum(dim=-1)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from envs.metrics import EpisodeAccumulator, EpisodeRecord, summarise
 from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.checkpoint import CheckpointError, load_checkpoint
 from grpo.config import EvalConfig
-from grpo.policy import PolicyConfig, build_policy
+from grpo.policy import HeldActions, PolicyConfig, build_policy
 
 Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 DEFAULT_DT = 0.1  # s per step, for backends that do not say (the built-in simulator and CARLA's default)
@@ -57,7 +57,9 @@ OUTCOMES = ("completed", "collision_pedestrian", "collision_vehicle", "collision
 
 
 class Driver(Protocol):
-    """Anything that maps observations to CARLA controls: a policy, the expert, a random driver."""
+    """Anything that maps observations to CARLA controls: a policy, the expert, a random driver. A driver
+    with an ``action_repeat`` attribute (a policy) decides every that many steps and holds its action in
+    between; drivers without one decide every step."""
 
     def act(self, obs: torch.Tensor, *, deterministic: bool = False,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,8 +245,9 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
     outcome = ["step_limit"] * n
     done = torch.zeros(n, dtype=torch.bool)
     speeds, lives = [], []
+    act = _stepwise(driver)
     for step in range(1, max_steps + 1):
-        _, control, _ = driver.act(obs.to(device), deterministic=deterministic, generator=generator)
+        _, control, _ = act(obs.to(device), step - 1, deterministic=deterministic, generator=generator)
         result = backend.step(control.to(backend.device))
         info = {name: value[:n].detach().cpu() for name, value in result.info.items()}
         for name in ("route_completion", "route_progress_m"):  # not reported by non-driving backends (env=gym)
@@ -286,6 +289,14 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
         stacked = torch.stack(positions).numpy()  # [steps + 1, n, 2]
         trajectories = [stacked[: route["steps"] + 1, i].astype(np.float64) for i, route in enumerate(routes)]
     return _Wave(routes, trajectories, maps, frames)
+
+
+def _stepwise(driver: Driver):
+    """``act(obs, step, ...)`` for any driver: a policy holds its actions for its ``action_repeat`` steps
+    (:class:`~grpo.policy.HeldActions`); other drivers decide every step."""
+    if hasattr(driver, "action_repeat"):
+        return HeldActions(driver).act
+    return lambda obs, step, **options: driver.act(obs, **options)
 
 
 def _outcome(info: dict[str, torch.Tensor], i: int) -> str:

@@ -45,6 +45,13 @@ class PolicyConfig:
             Channels C of the ``"cnn"`` raster [N, C, S, S].
         raster_size: default 64. Side S of the ``"cnn"`` raster in pixels; at least 8 (three stride-2 convs).
         conv_channels: default (32, 64, 64). Output channels of the three stride-2 convolutions.
+        action_repeat: default 1. Environment steps each sampled action is held for (frame skip), in
+            training rollouts and in evaluation alike: one int for every action dimension, or one per raw
+            dimension (driving: ``[acceleration, steer]``, e.g. ``[5, 1]`` holds the longitudinal command
+            half a second and steers every step). A held dimension explores for longer than one step: a
+            brake sampled and held for half a second slows the car, where independent per-step samples
+            average out. Log-probabilities count each dimension at the steps it was sampled, so they stay
+            exact.
     """
 
     kind: PolicyKind = "mlp"
@@ -53,6 +60,7 @@ class PolicyConfig:
     raster_channels: int = 6
     raster_size: int = 64
     conv_channels: tuple[int, int, int] = (32, 64, 64)
+    action_repeat: int | tuple[int, ...] = 1
 
     def __post_init__(self) -> None:
         # Structured configs hand over lists; store tuples so the frozen config stays hashable.
@@ -68,6 +76,12 @@ class PolicyConfig:
             )
         if len(self.conv_channels) != 3 or any(channels < 1 for channels in self.conv_channels):
             raise ValueError(f"conv_channels must be three positive ints; got {self.conv_channels}")
+        if isinstance(self.action_repeat, list):
+            object.__setattr__(self, "action_repeat", tuple(self.action_repeat))
+        repeats = self.action_repeat if isinstance(self.action_repeat, tuple) else (self.action_repeat,)
+        if not repeats or any(repeat < 1 for repeat in repeats):
+            raise ValueError(f"action_repeat must be an int >= 1 or a list of them, one per action dimension "
+                             f"(1 = a new action every step); got {self.action_repeat}")
         if self.raster_channels < 1:
             raise ValueError(f"raster_channels must be >= 1; got {self.raster_channels}")
         if self.raster_size < 8:
@@ -139,6 +153,15 @@ class _BetaPolicy(nn.Module):
         self.obs_size = obs_size
         self.config = config
         self.actions = actions
+        repeat = config.action_repeat
+        self._repeats = repeat if isinstance(repeat, tuple) else (repeat,) * actions.raw_dim
+        if len(self._repeats) != actions.raw_dim:
+            raise ValueError(f"action_repeat needs one entry per action dimension ({actions.raw_dim}); got {repeat}")
+
+    @property
+    def action_repeat(self) -> tuple[int, ...]:
+        """Environment steps each raw action dimension is held for, one per dimension."""
+        return self._repeats
 
     @torch.no_grad()
     def act(
@@ -223,3 +246,46 @@ def build_policy(obs_size: int, config: PolicyConfig,
         return CNNPolicy(obs_size, config, actions)
     else:
         raise ValueError(f"kind must be one of 'mlp', 'cnn'; got {config.kind!r}")
+
+
+def decision_steps(repeats: tuple[int, ...], steps: int) -> Tensor:
+    """[S, k] bool: for each of the first ``steps`` steps at which some dimension is sampled (every step
+    where a repeat is 1), which dimensions are; ``repeats`` holds each dimension's action repeat."""
+    marks = torch.arange(steps)[:, None] % torch.tensor(repeats)[None, :] == 0
+    return marks[marks.any(dim=1)]
+
+
+class HeldActions:
+    """Acting with each raw action dimension held for the policy's ``action_repeat`` steps.
+
+    Step 0 samples every dimension; at step t the dimensions with ``t % repeat == 0`` are sampled afresh and
+    the others keep their value. The log-probability counts only the freshly sampled dimensions, so it is
+    the exact likelihood of what the policy chose at that step. One instance drives one batch of worlds
+    whose steps are counted together (a wave of branches, trunks or evaluation routes).
+    """
+
+    def __init__(self, policy: MLPPolicy | CNNPolicy) -> None:
+        self.policy = policy
+        self.repeats = torch.tensor(policy.action_repeat)
+        self._raw: Tensor | None = None
+        self._control: Tensor | None = None
+
+    def decides(self, step: int) -> Tensor:
+        """[k] bool: the dimensions sampled at ``step``."""
+        return step % self.repeats == 0
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, step: int, *, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Raw actions [N, k], backend actions and log-probabilities [N] of the dimensions sampled at ``step``;
+        the log-probabilities are None at a step where every dimension is held (nothing was decided)."""
+        decides = self.decides(step)
+        if self._raw is None:  # the first step samples every dimension
+            decides = torch.ones_like(decides)
+        elif not decides.any():
+            return self._raw, self._control, None
+        actions = self.policy(obs)
+        fresh = actions.mode() if deterministic else actions.sample(generator)
+        raw = fresh if bool(decides.all()) else torch.where(decides.to(fresh.device), fresh, self._raw)
+        self._raw, self._control = raw, self.policy.actions.to_env(raw)
+        return raw, self._control, actions.log_prob(raw, decides.to(raw.device))

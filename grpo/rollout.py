@@ -17,25 +17,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from envs.api import Backend, ServiceFailure, Snapshot
 from envs.sim import rng
 from grpo.config import GRPOConfig
+from grpo.policy import CNNPolicy, HeldActions, MLPPolicy, decision_steps
 
 
 @dataclass
 class BranchBatch:
-    """One iteration's branches. H = branch horizon, S = trained steps (<= H), N = T * G branches, job
-    n = t * G + g."""
+    """One iteration's branches. H = branch horizon, S = trained decisions (the steps among the first trained
+    ones at which the policy sampled some action dimension), N = T * G branches, job n = t * G + g."""
 
     observations: Tensor  # [S, N, obs_size], on the policy's device
     raw_actions: Tensor  # [S, N, action_dim] the policy's own action space
     log_probs: Tensor  # [S, N] log-probabilities under the policy that acted
-    valid: Tensor  # [S, N] bool: the branch had not ended before this step
+    valid: Tensor  # [S, N] bool: the branch had not ended before this decision
     rewards: Tensor  # [H, N] float32 (0 after a branch ended)
     group_id: Tensor  # [N] long: the trunk each branch belongs to
     failed: Tensor  # [N] bool: the branch's service failed (its whole group is dropped)
+    decided: Tensor  # [S, action_dim] bool: the action dimensions sampled afresh at each trained decision
     info: dict[str, Tensor] = field(default_factory=dict)  # per-branch summaries, [N]
     positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures
 
@@ -70,7 +72,7 @@ def waves(count: int, capacity: int) -> list[Tensor]:
 class BranchingRollout:
     """Drives the trunks and their branches on one backend; the trainer calls the phases in order."""
 
-    def __init__(self, backend: Backend, policy: nn.Module, config: GRPOConfig, *, seed: int,
+    def __init__(self, backend: Backend, policy: MLPPolicy | CNNPolicy, config: GRPOConfig, *, seed: int,
                  device: torch.device, generator: torch.Generator):
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
@@ -132,8 +134,9 @@ class BranchingRollout:
             worlds = torch.arange(len(wave))
             obs = self._restore(self.trunks.select(wave), worlds)
             done = self.trunk_done[wave].clone()
-            for _ in range(steps):
-                _, control, _ = self.policy.act(obs.to(self.device), generator=self.generator)
+            held = HeldActions(self.policy)
+            for step in range(steps):
+                _, control, _ = held.act(obs.to(self.device), step, generator=self.generator)
                 result, failed = self._step(control, len(wave))
                 obs = result.observation[: len(wave)]
                 done |= (result.terminated | result.truncated)[: len(wave)].cpu() | failed
@@ -164,17 +167,17 @@ class BranchingRollout:
             recording = record_positions and wave_index == 0
             wave_positions = [self._positions(config.group_size)] if recording else None
             columns: dict[str, list] = {key: [] for key in batch}
+            held = HeldActions(self.policy)
             for step in range(horizon):
                 obs = obs.to(self.device)
-                raw, control, log_prob = self.policy.act(obs, generator=self.generator)
-                alive = ~wave_done
-                result, wave_failed = self._step(control, len(wave))
-                failed[wave] |= wave_failed
-                if step < trained:
+                raw, control, log_prob = held.act(obs, step, generator=self.generator)
+                if step < trained and log_prob is not None:  # a decision (some dimension sampled afresh)
                     columns["obs"].append(obs)
                     columns["raw"].append(raw)
                     columns["logp"].append(log_prob)
-                    columns["valid"].append(alive.to(self.device))
+                    columns["valid"].append((~wave_done).to(self.device))
+                result, wave_failed = self._step(control, len(wave))
+                failed[wave] |= wave_failed
                 columns["rewards"].append(result.reward[: len(wave)].detach().float().cpu())
                 for name, value in result.info.items():
                     if value.dtype == torch.bool:
@@ -209,7 +212,8 @@ class BranchingRollout:
             info["route_completion"] = completion
         return BranchBatch(torch.cat(batch["obs"], 1), torch.cat(batch["raw"], 1), torch.cat(batch["logp"], 1),
                            torch.cat(batch["valid"], 1), torch.cat(batch["rewards"], 1), self.group_id.clone(),
-                           failed, info, positions)
+                           failed, decision_steps(self.policy.action_repeat, trained).to(self.device), info,
+                           positions)
 
     # --- selection -------------------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from grpo.config import TrainConfig
 from grpo.distributions import action_mapping_for
 from grpo.evaluation import evaluate_policy
 from grpo.loss import grpo_loss
-from grpo.policy import build_policy
+from grpo.policy import build_policy, decision_steps
 from grpo.pretrain import behaviour_cloning, collect_demonstrations
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
@@ -94,7 +94,7 @@ class Trainer:
         self.iteration = 0
         self.best_score = -math.inf
         self.counters: dict[str, float] = defaultdict(float)  # skipped updates, episodes, ...
-        self.loss_config = grpo.loss_config()
+        self.loss_config = grpo.loss_config(len(decision_steps(self.policy.action_repeat, grpo.trained_steps)))
         self.logger: RunLogger | None = None
 
     # --- the loop -----------------------------------------------------------------------------------------
@@ -226,11 +226,13 @@ class Trainer:
         steps, num_branches = batch.log_probs.shape
         branch_id = torch.arange(num_branches, device=self.device).expand(steps, -1)
         valid = batch.valid & keep[None, :]
+        decided = batch.decided[:, None, :].expand(-1, num_branches, -1)  # [S, N, k]: dimensions sampled
         reference_log_probs = reference_kl = None
         if self.reference is not None:
             with torch.no_grad():
                 reference_dist = self.reference(batch.observations.flatten(0, 1))
-                reference_log_probs = reference_dist.log_prob(batch.raw_actions.flatten(0, 1)).view(steps, -1)
+                reference_log_probs = reference_dist.log_prob(batch.raw_actions.flatten(0, 1),
+                                                              decided.flatten(0, 1)).view(steps, -1)
         sums: dict[str, float] = defaultdict(float)
         updates = 0
         per_minibatch = num_branches // grpo.num_minibatches
@@ -243,14 +245,15 @@ class Trainer:
                     continue
                 dist = self.policy(batch.observations[:, columns].flatten(0, 1))
                 raw = batch.raw_actions[:, columns].flatten(0, 1)
+                dims = decided[:, columns].flatten(0, 1)
                 if self.reference is not None and self.loss_config.kl_estimator == "analytic":
                     with torch.no_grad():
                         reference_dist = self.reference(batch.observations[:, columns].flatten(0, 1))
-                    reference_kl = dist.kl(reference_dist)
+                    reference_kl = dist.kl(reference_dist, dims)
                 loss, loss_metrics = grpo_loss(
-                    dist.log_prob(raw), batch.log_probs[:, columns].flatten(),
+                    dist.log_prob(raw, dims), batch.log_probs[:, columns].flatten(),
                     advantages[columns].expand(steps, -1).flatten(), branch_id[:, columns].flatten(),
-                    self.loss_config, entropy=dist.entropy(),
+                    self.loss_config, entropy=dist.entropy(dims),
                     logp_ref=None if reference_log_probs is None else reference_log_probs[:, columns].flatten(),
                     kl_analytic=reference_kl, mask=mask, num_branches=len(columns))
                 self.optimizer.zero_grad(set_to_none=True)

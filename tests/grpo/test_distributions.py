@@ -27,6 +27,21 @@ def test_log_prob_matches_the_closed_form_density():
     torch.testing.assert_close(BetaActions(ALPHA, BETA).log_prob(raw), Beta(ALPHA, BETA).log_prob(raw).sum(-1))
 
 
+def test_marked_dimensions_sum_only_their_terms():
+    # A step that samples steer afresh but holds the acceleration counts steer's density alone; a mask per
+    # row works too. Entropy and KL follow the same mask.
+    actions, other = BetaActions(ALPHA, BETA), BetaActions(BETA, ALPHA)
+    raw = torch.tensor([[0.3, 0.8], [0.05, 0.99]], dtype=torch.float64)
+    per_dim = Beta(ALPHA, BETA).log_prob(raw)
+    steer_only = torch.tensor([False, True])
+    torch.testing.assert_close(actions.log_prob(raw, steer_only), per_dim[:, 1])
+    rows = torch.tensor([[True, False], [True, True]])
+    torch.testing.assert_close(actions.log_prob(raw, rows), torch.stack([per_dim[0, 0], per_dim[1].sum()]))
+    torch.testing.assert_close(actions.entropy(steer_only), Beta(ALPHA, BETA).entropy()[:, 1])
+    torch.testing.assert_close(actions.kl(other, rows)[0], actions.kl(other, torch.tensor([True, False]))[0])
+    assert actions.log_prob(raw, torch.tensor([False, False])).eq(0).all()
+
+
 def test_density_integrates_to_one():
     # The product density of row 0 on a 401 x 401 grid over [0, 1]^2, trapezoid rule in each dimension
     # (its error, ~1e-3, comes from the infinite slope of (1 - x)^0.2 at 1, beta = 1.2).

@@ -207,3 +207,13 @@ def test_suite_is_reproducible_for_a_sampled_policy():
     first, second = (evaluate_policy(policy, env, suite, "cpu") for _ in range(2))
     assert first.routes == second.routes
     assert np.array_equal(first.trajectories[1], second.trajectories[1])
+
+
+def test_a_policy_decides_every_action_repeat_steps_in_evaluation():
+    env = env_config_from_dict(STRAIGHT)
+    suite = EvalConfig(num_routes=1, max_steps=12)
+    policy = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,), action_repeat=4))
+    calls = []
+    policy.register_forward_hook(lambda *_: calls.append(1))
+    evaluate_policy(policy, env, suite, "cpu")
+    assert len(calls) == 3  # steps 0, 4 and 8 of 12

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpo.distributions import BetaActions
-from grpo.policy import CNNPolicy, MLPPolicy, PolicyConfig, build_policy
+from grpo.policy import CNNPolicy, HeldActions, MLPPolicy, PolicyConfig, build_policy, decision_steps
 
 OBS_SIZE = 12
 SMALL_CNN = PolicyConfig(kind="cnn", hidden_sizes=(32,), raster_channels=6, raster_size=16)
@@ -123,8 +123,45 @@ def test_config_turns_lists_into_tuples():
         ({"raster_size": 4}, "raster_size must be >= 8"),
         ({"raster_channels": 0}, "raster_channels must be >= 1"),
         ({"conv_channels": (32, 64)}, "conv_channels must be three"),
+        ({"action_repeat": 0}, "action_repeat must be an int >= 1"),
+        ({"action_repeat": [5, 0]}, "action_repeat must be an int >= 1"),
     ],
 )
 def test_config_rejects_impossible_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PolicyConfig(**kwargs)
+
+
+def test_action_repeat_is_one_per_dimension():
+    assert build_policy(OBS_SIZE, PolicyConfig(action_repeat=3)).action_repeat == (3, 3)
+    assert build_policy(OBS_SIZE, PolicyConfig(action_repeat=[5, 1])).action_repeat == (5, 1)
+    with pytest.raises(ValueError, match="one entry per action dimension"):
+        build_policy(OBS_SIZE, PolicyConfig(action_repeat=(5, 1, 1)))
+
+
+def test_decision_steps_mark_the_dimensions_sampled_at_each_decision():
+    # Repeats (3, 2) over 7 steps: steps 0, 2, 3, 4, 6 decide something; step 1 and 5 hold both dimensions.
+    assert decision_steps((3, 2), 7).tolist() == [[True, True], [False, True], [True, False], [False, True],
+                                                  [True, True]]
+    assert decision_steps((1, 1), 4).all() and decision_steps((1, 1), 4).shape == (4, 2)
+
+
+def test_held_actions_hold_a_dimension_and_count_only_fresh_samples():
+    torch.manual_seed(0)
+    policy = build_policy(OBS_SIZE, PolicyConfig(hidden_sizes=(16,), action_repeat=[3, 1]))
+    held, generator = HeldActions(policy), torch.Generator().manual_seed(0)
+    raws, log_probs = [], []
+    for step in range(4):
+        raw, control, log_prob = held.act(_obs(seed=step), step, generator=generator)
+        torch.testing.assert_close(control, policy.actions.to_env(raw))
+        raws.append(raw)
+        log_probs.append(log_prob)
+        dims = torch.tensor([step % 3 == 0, True])
+        torch.testing.assert_close(log_prob, policy(_obs(seed=step)).log_prob(raw, dims).detach())
+    assert torch.equal(raws[1][:, 0], raws[0][:, 0]) and torch.equal(raws[2][:, 0], raws[0][:, 0])
+    assert not torch.equal(raws[3][:, 0], raws[0][:, 0])  # step 3 samples the acceleration again
+    assert not torch.equal(raws[1][:, 1], raws[0][:, 1])  # steer is sampled every step
+    everything_held = HeldActions(build_policy(OBS_SIZE, PolicyConfig(action_repeat=2)))
+    first, _, _ = everything_held.act(_obs(), 0, generator=generator)
+    again, _, log_prob = everything_held.act(_obs(seed=1), 1, generator=generator)
+    assert torch.equal(first, again) and log_prob is None  # nothing decided at step 1

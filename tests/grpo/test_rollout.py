@@ -12,11 +12,11 @@ from grpo.rollout import BranchingRollout, discounted_returns, select_branches, 
 TRUNKS, GROUP = 2, 4
 
 
-def make_rollout(horizon=6, train_steps=None, seed=0, capacity=TRUNKS * GROUP):
+def make_rollout(horizon=6, train_steps=None, seed=0, capacity=TRUNKS * GROUP, action_repeat=1):
     config = GRPOConfig(num_trunks=TRUNKS, group_size=GROUP, branch_horizon=horizon, train_steps=train_steps,
                         num_minibatches=2)
     sim = DrivingSim(SimConfig(num_worlds=capacity, map="straight", num_towns=2))
-    policy = build_policy(sim.observation_size, PolicyConfig(hidden_sizes=(16,)))
+    policy = build_policy(sim.observation_size, PolicyConfig(hidden_sizes=(16,), action_repeat=action_repeat))
     generator = torch.Generator().manual_seed(seed)
     rollout = BranchingRollout(sim, policy, config, seed=seed, device=torch.device("cpu"), generator=generator)
     rollout.start()
@@ -50,6 +50,21 @@ def test_shapes_and_trained_steps():
     assert batch.rewards.shape == (6, n) and batch.valid.shape == (2, n)
     assert batch.positions.shape == (7, GROUP, 2)
     assert batch.group_id.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and not batch.failed.any()
+
+
+def test_held_actions_are_trained_at_their_decisions_only():
+    # Repeat (4, 1) over 8 steps: every step decides steer, steps 0 and 4 the acceleration too.
+    rollout, _ = make_rollout(horizon=8, action_repeat=(4, 1))
+    batch = rollout.drive_branches()
+    assert batch.observations.shape[0] == 8 and batch.decided[:, 1].all()
+    assert batch.decided[:, 0].tolist() == [True, False, False, False, True, False, False, False]
+    assert torch.equal(batch.raw_actions[1:4, :, 0], batch.raw_actions[:1, :, 0].expand(3, -1))
+    assert not torch.equal(batch.raw_actions[4, :, 0], batch.raw_actions[0, :, 0])
+    # Holding both dimensions 3 steps: decisions at steps 0, 3, 6 of 8, and train_steps counts steps.
+    whole, _ = make_rollout(horizon=8, action_repeat=3)
+    assert whole.drive_branches().observations.shape[0] == 3
+    first_four, _ = make_rollout(horizon=8, train_steps=4, action_repeat=3)
+    assert first_four.drive_branches().log_probs.shape[0] == 2
 
 
 def test_an_ended_branch_earns_nothing_more_and_is_masked():

@@ -140,6 +140,20 @@ def test_non_finite_gradients_skip_the_update(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters(), strict=True))
 
 
+def test_held_actions_train_with_every_loss_option(tmp_path):
+    # Acceleration held 4 steps, steer every step, over 8-step branches: 8 decisions, 2 of them also sample
+    # the acceleration. The analytic KL and entropy count the sampled dimensions only; the update stays finite.
+    config = quiet_config(tmp_path, policy={"action_repeat": [4, 1]},
+                          grpo={"iterations": 2, "aggregation": "dr_grpo", "beta": 0.04, "kl_estimator": "analytic",
+                                "entropy_coef": 0.01})
+    trainer = Trainer(config)
+    assert trainer.loss_config.dr_grpo_normalizer == 8
+    metrics = trainer.train()
+    assert metrics["updates/applied"] == 2 * 2 and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    whole = Trainer(quiet_config(tmp_path / "whole", policy={"action_repeat": 4}, grpo={"aggregation": "dr_grpo"}))
+    assert whole.loss_config.dr_grpo_normalizer == 2  # decisions at steps 0 and 4
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     Trainer(quiet_config(tmp_path, grpo={"iterations": 2})).train()
     other = quiet_config(tmp_path, resume="auto", policy={"hidden_sizes": [8]})
