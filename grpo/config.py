@@ -178,7 +178,10 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"grpo.branch_horizon={config.grpo.branch_horizon} must be shorter than the episode limit "
                           f"env.max_episode_steps={episode_limit}")
     repeat = config.policy.action_repeat
-    if env.backend != "gym" and isinstance(repeat, tuple) and len(repeat) != ACTION_DIM:
+    if env.backend == "gym" and isinstance(repeat, tuple):
+        raise ConfigError(f"policy.action_repeat={list(repeat)} lists the driving actions [acceleration, steer]; "
+                          f"with env=gym give one int for every action dimension, e.g. policy.action_repeat=1")
+    if isinstance(repeat, tuple) and len(repeat) != ACTION_DIM:
         raise ConfigError(f"policy.action_repeat={list(repeat)} needs one entry per action dimension "
                           f"[acceleration, steer], or one int for both")
     return config

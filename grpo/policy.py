@@ -45,7 +45,7 @@ class PolicyConfig:
             Channels C of the ``"cnn"`` raster [N, C, S, S].
         raster_size: default 64. Side S of the ``"cnn"`` raster in pixels; at least 8 (three stride-2 convs).
         conv_channels: default (32, 64, 64). Output channels of the three stride-2 convolutions.
-        action_repeat: default 1. Environment steps each sampled action is held for (frame skip), in
+        action_repeat: default (5, 1). Environment steps each sampled action is held for (frame skip), in
             training rollouts and in evaluation alike: one int for every action dimension, or one per raw
             dimension (driving: ``[acceleration, steer]``, e.g. ``[5, 1]`` holds the longitudinal command
             half a second and steers every step). A held dimension explores for longer than one step: a
@@ -60,7 +60,7 @@ class PolicyConfig:
     raster_channels: int = 6
     raster_size: int = 64
     conv_channels: tuple[int, int, int] = (32, 64, 64)
-    action_repeat: int | tuple[int, ...] = 1
+    action_repeat: int | tuple[int, ...] = (5, 1)
 
     def __post_init__(self) -> None:
         # Structured configs hand over lists; store tuples so the frozen config stays hashable.

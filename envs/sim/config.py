@@ -54,16 +54,16 @@ class RewardConfig:
     collision_pedestrian: float = 10.0
     collision_vehicle: float = 10.0
     collision_static: float = 10.0
-    red_light: float = 5.0
+    red_light: float = 15.0
     off_road: float = 10.0
     route_deviation: float = 10.0
     blocked: float = 5.0
     timeout: float = 0.0
     lateral_offset_per_m: float = 0.0  # optional shaping: per metre off the route centre line, per step
     speed_limit: float = 0.0  # m/s; progress faster than this earns nothing more (0: no limit)
-    stop_decel: float = 0.0  # m/s^2; > 0: before a red light the limit falls to what can stop 1 m short of
+    stop_decel: float = 3.0  # m/s^2; > 0: before a red light the limit falls to what can stop 1 m short of
     # its line braking this hard, sqrt(2 * stop_decel * (distance - 1)) (0: off)
-    overspeed_per_ms: float = 0.0  # penalty per m/s above the limit, per step
+    overspeed_per_ms: float = 0.1  # penalty per m/s above the limit, per step
 
     def penalty(self, infraction: str) -> float:
         return getattr(self, infraction)

@@ -312,7 +312,7 @@ def pendulum_train_config(tmp_path, **grpo):
         "run_name": "gym", "seed": 1, "env": {"backend": "gym", "id": "Pendulum-v1"},
         "grpo": {"iterations": 3, "num_trunks": 2, "group_size": 4, "branch_horizon": 20, "num_minibatches": 2,
                  **grpo},
-        "policy": {"hidden_sizes": [32, 32]}, "eval": {"every": 0},
+        "policy": {"hidden_sizes": [32, 32], "action_repeat": 1}, "eval": {"every": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1000},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
                    "picture_every": 0, "progress_bar": False}})
@@ -372,7 +372,8 @@ def test_short_grpo_run_improves_pendulum(tmp_path, one_thread):
 
 
 def test_train_py_runs_on_pendulum(tmp_path):
-    command = [sys.executable, str(ROOT / "train.py"), "env=gym", "env.id=Pendulum-v1", "grpo.iterations=3",
+    command = [sys.executable, str(ROOT / "train.py"), "env=gym", "env.id=Pendulum-v1", "policy.action_repeat=1",
+               "grpo.iterations=3",
                "grpo.num_trunks=2", "grpo.group_size=4", "grpo.branch_horizon=20", "grpo.num_minibatches=2",
                "eval.every=0", "logger.wandb.mode=disabled", "logger.picture_every=0", "run_name=pendulum",
                "logger.progress_bar=false", f"checkpoint.dir={tmp_path / 'ckpt'}",

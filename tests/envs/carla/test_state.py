@@ -205,7 +205,7 @@ def test_red_light_blocked_timeout_and_completion():
     actors = actors_with_ego(x=28.0)  # front at 30.4: crosses the line
     actors.light_state[1] = RED
     _, reward, info = step(episode, actors, lines=lines)
-    assert info["red_light"] and reward == pytest.approx(0.1 - 5.0)
+    assert info["red_light"] and reward == pytest.approx(0.1 - CONFIG.reward.red_light)
     actors.light_state[1] = GREEN
     assert not step(episode, actors, lines=lines)[2]["red_light"]
 

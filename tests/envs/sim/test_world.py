@@ -84,7 +84,8 @@ def test_a_red_light_ahead_lowers_the_limit_to_a_speed_that_can_still_stop():
     near = (2.0 * 2.0 * 8.0) ** 0.5  # sqrt(2 a (9 - 1)) = 5.66 m/s can still stop 1 m short of the line
     expected = torch.tensor([0.1 * 0.8, 0.1 * near * 0.1 - 0.1 * (8.0 - near), 0.0 - 0.1 * 8.0])
     assert torch.allclose(got, expected, atol=1e-5)
-    assert torch.equal(RewardConfig().dense(progress, speed, torch.zeros(3), 0.1, red), 0.1 * progress)  # off
+    off = RewardConfig(stop_decel=0.0, overspeed_per_ms=0.0)
+    assert torch.equal(off.dense(progress, speed, torch.zeros(3), 0.1, red), 0.1 * progress)
 
 
 def test_leaving_the_road_is_detected_and_terminates(straight_sim):
