@@ -15,6 +15,7 @@ from grpo.baselines import ControllerDriver, build_baseline
 from grpo.checkpoint import CheckpointError, save_checkpoint
 from grpo.config import EvalConfig
 from grpo.evaluation import (
+    EvalReportConfig,
     EvaluateConfig,
     aggregate,
     ci95,
@@ -217,3 +218,28 @@ def test_a_policy_decides_every_action_repeat_steps_in_evaluation():
     policy.register_forward_hook(lambda *_: calls.append(1))
     evaluate_policy(policy, env, suite, "cpu")
     assert len(calls) == 3  # steps 0, 4 and 8 of 12
+
+
+def test_a_checkpoint_from_before_held_actions_is_driven_every_step(tmp_path, monkeypatch):
+    import grpo.evaluation as evaluation
+
+    policy = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,)))
+    state = {"config": {"env": env_config_from_dict(STRAIGHT).to_flat_dict(), "policy": {"hidden_sizes": [16]},
+                        "run_name": "x"},
+             "policy": policy.state_dict(), "observation_size": OBSERVATION_LAYOUT.size, "iteration": 0}
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    config = EvaluateConfig(checkpoint=str(path), eval=EvalConfig(num_routes=1, max_steps=2),
+                            report=EvalReportConfig(baselines=()))
+    repeats = []
+    real = evaluation.evaluate_policy
+
+    def recording(driver, *args, **kwargs):
+        repeats.append(driver.action_repeat)
+        return real(driver, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_policy", recording)
+    evaluate_checkpoint(config)  # no action_repeat stored: the policy acted every step
+    state["config"]["policy"]["action_repeat"] = [5, 1]
+    save_checkpoint(state, path)
+    evaluate_checkpoint(config)
+    assert repeats == [(1, 1), (5, 1)]
