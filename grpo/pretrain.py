@@ -3,13 +3,15 @@
 Why: GRPO can only reinforce what the policy's own samples already do now and then. Stopping at a red
 light takes a second or more of steady braking, which independent per-step exploration noise almost never
 produces from a policy that has learnt to drive on; groups then hold no branch that stops, and nothing
-teaches it. Cloning :class:`~envs.sim.expert.ExpertDriver` (it reads only the observation, so it drives any
+teaches it (the default policy now holds its longitudinal command, ``policy.action_repeat``, for that
+reason). Cloning :class:`~envs.sim.expert.ExpertDriver` (it reads only the observation, so it drives any
 driving backend) puts such behaviour in the policy first, and GRPO goes on from there; the frozen reference
 policy is then the cloned one, so ``grpo.beta > 0`` keeps GRPO near it.
 
-Off by default: measured on the default busy world (README, "Learning benchmark"), the cloned policy scores
-35-43 after about a minute, but GRPO with the default reward then trades its caution for speed and falls
-to about 24 within minutes, even with a KL penalty; the reward, not the warm start, is what needs work.
+Off by default: measured on the busy world with the reward of the time (red light 5, no slow-down shaping,
+a fresh action every step; README, "Learning benchmark"), the cloned policy scored 35-43 after about a
+minute, but GRPO then traded its caution for speed and fell to about 24 within minutes, even with a KL
+penalty. It has not been measured with today's defaults.
 
 Demonstrations follow DART (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"):
 the worlds are driven by the expert's controls plus Gaussian noise, and labelled with the expert's clean

@@ -76,7 +76,7 @@ class RewardConfig:
         where there is none) when ``stop_decel`` is on; no limit when neither applies."""
         reward = -self.lateral_offset_per_m * lateral_offset.abs()
         if self.speed_limit <= 0 and (self.stop_decel <= 0 or red_stop_distance is None):
-            return reward + self.progress_per_m * progress_m  # no limit (the default): the step's hot path
+            return reward + self.progress_per_m * progress_m  # no limit set: nothing to clamp or penalise
         limit = torch.full_like(speed, self.speed_limit if self.speed_limit > 0 else float("inf"))
         if self.stop_decel > 0 and red_stop_distance is not None:
             limit = limit.minimum((2.0 * self.stop_decel * (red_stop_distance - 1.0).clamp(min=0.0)).sqrt())
