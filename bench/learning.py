@@ -5,9 +5,12 @@
 
 Trains with the default config (plus any overrides) and, every ``--eval-every-s`` seconds of training,
 evaluates the policy deterministically on ``--routes`` held-out routes. Evaluation time is not counted as
-training time; the warm start (``pretrain.updates > 0``), when on, is. The random driver and the expert
-are evaluated once on the same routes as reference lines.
-Writes ``bench/results/learning_<name>.json`` and a PNG curve beside it (matplotlib, from the bench extra).
+training time; the warm start (``pretrain.updates > 0``), when on, is. Training stops at the time budget or
+at ``grpo.iterations``, whichever comes first (the learning-rate schedule runs over ``grpo.iterations``, as in
+``train.py``). The random driver and the expert are evaluated once on the same routes as reference lines.
+Writes ``bench/results/learning_<name>.json`` and a PNG curve beside it (matplotlib, from the bench extra), and
+the policy as checkpoints ``checkpoints/learning-<name>/best.pt`` (best evaluation) and ``last.pt``, which
+``evaluate.py checkpoint=...`` drives.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from grpo.baselines import build_baseline
+from grpo.checkpoint import save_checkpoint
 from grpo.config import EvalConfig, train_config_from_dict
 from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer
@@ -43,7 +47,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             f"run_name=learning-{args.name}", "logger.wandb.mode=disabled", "logger.progress_bar=false",
-            "eval.every=0", "grpo.iterations=1000000", "checkpoint.every=1000000", *args.overrides])
+            "eval.every=0", "checkpoint.every=1000000", *args.overrides])
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     config = train_config_from_dict(data)
@@ -57,7 +61,7 @@ def main() -> None:
     trainer = Trainer(config)
     curve = []
 
-    def evaluate(training_seconds: float) -> None:
+    def evaluate(training_seconds: float) -> float:
         trainer.policy.eval()
         metrics = evaluate_policy(trainer.policy, config.env, suite, trainer.device).metrics
         curve.append({"training_s": training_seconds, "iteration": trainer.iteration,
@@ -65,6 +69,14 @@ def main() -> None:
         print(f"{training_seconds / 60:6.1f} min  it {trainer.iteration:5d}  driving score "
               f"{metrics['eval/driving_score']:5.1f}  completion {metrics['eval/route_completion']:5.1f}  "
               f"success {metrics['eval/success_rate']:.2f}", flush=True)
+        return metrics["eval/driving_score"]
+
+    def evaluate_and_keep(training_seconds: float) -> None:
+        """Evaluate the policy in training; best.pt follows the score, as in train.py."""
+        score = evaluate(training_seconds)
+        if score > trainer.best_score:
+            trainer.best_score = score
+            save_checkpoint(trainer.state_dict(), trainer.checkpoints.best)
 
     evaluate(0.0)  # the untrained policy
     try:
@@ -72,14 +84,15 @@ def main() -> None:
         trainer.begin()  # the warm start (behaviour cloning), if on, counts as training time
         training_seconds = time.perf_counter() - start
         next_eval = 0.0 if config.pretrain.updates else args.eval_every_s  # the cloned policy's score, if cloned
-        while training_seconds < 60 * args.minutes:
+        while training_seconds < 60 * args.minutes and trainer.iteration < config.grpo.iterations:
             if training_seconds >= next_eval:
-                evaluate(training_seconds)
+                evaluate_and_keep(training_seconds)
                 next_eval += args.eval_every_s
             start = time.perf_counter()
             trainer.train_iteration()
             training_seconds += time.perf_counter() - start
-        evaluate(training_seconds)
+        evaluate_and_keep(training_seconds)
+        save_checkpoint(trainer.state_dict(), trainer.checkpoints.last)
     finally:
         trainer.finish()
 
