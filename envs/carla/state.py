@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from envs.api import INFRACTIONS, ObservationLayout, Snapshot
+from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, ObservationLayout, Snapshot
 from envs.carla.config import CarlaConfig
 from envs.carla.lights import RED, StopLines, red_light_crossed, to_sim_state
+from envs.sim.config import VehicleConfig
+from envs.sim.expert import ExpertDriver
 from envs.sim.lights import RED as SIM_RED
 
 STATE_VERSION = 1  # bump when the snapshot layout changes (it is part of the backend's signature)
@@ -422,25 +424,36 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     completed = route_s >= route.length
     terminated = completed or any(happened[name] for name in config.terminate_on)
     truncated = happened["timeout"] and not terminated
-    progress = min(route_s, route.length) - min(episode.route_s, route.length)
-    next_stop = next_light(route, actors, route_s)
-    red_stop = next_stop[1] if next_stop is not None and next_stop[0] == SIM_RED else math.inf
-    reward = float(config.reward.dense(torch.tensor(progress), torch.tensor(speed), torch.tensor(lateral), dt,
-                                       torch.tensor(red_stop)))
-    for name, value in happened.items():
-        if value:
-            reward -= config.reward.penalty(name)
-
     new = dataclasses.replace(
         episode, step=step, terminated=terminated, truncated=truncated, route_s=route_s,
         distance_m=episode.distance_m + speed * dt, blocked_s=blocked_s, lateral_offset=lateral,
         heading_error=heading, speed=speed, last_control=tuple(float(c) for c in control),
         front_x=float(front[0]), front_y=float(front[1]), contact_keys=tuple(keys), contact_steps=tuple(steps))
+
+    progress = min(route_s, route.length) - min(episode.route_s, route.length)
+    next_stop = next_light(route, actors, route_s)
+    red_stop = next_stop[1] if next_stop is not None and next_stop[0] == SIM_RED else math.inf
+    obstacle = None
+    if config.reward.obstacle_decel > 0:  # the obstacle the new observation shows, as the simulator does
+        observation = build_observations(OBSERVATION_LAYOUT, [observation_view(OBSERVATION_LAYOUT, actors, new, route)])
+        obstacle = ego_expert(actors).obstacle_room(observation)
+    reward = float(config.reward.dense(torch.tensor([progress]), torch.tensor([speed]), torch.tensor([lateral]), dt,
+                                       torch.tensor([red_stop]), obstacle))
+    for name, value in happened.items():
+        if value:
+            reward -= config.reward.penalty(name)
+
     info: dict[str, float | bool] = dict(happened)
     info.update(progress_info(new, route))
     info["route_completed"] = completed
     info["lane_invasion"] = events.lane_invasions > 0
     return new, float(reward), info
+
+
+def ego_expert(actors: ActorStates) -> ExpertDriver:
+    """The built-in expert's rules sized to this ego (its hazard reading shapes the reward)."""
+    length, width = 2.0 * actors.vehicle_extent[0, :2]
+    return ExpertDriver(vehicle=dataclasses.replace(VehicleConfig(), length=float(length), width=float(width)))
 
 
 def progress_info(episode: EpisodeState, route: RouteData) -> dict[str, float]:

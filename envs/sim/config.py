@@ -63,23 +63,33 @@ class RewardConfig:
     speed_limit: float = 0.0  # m/s; progress faster than this earns nothing more (0: no limit)
     stop_decel: float = 3.0  # m/s^2; > 0: before a red light the limit falls to what can stop 1 m short of
     # its line braking this hard, sqrt(2 * stop_decel * (distance - 1)) (0: off)
+    obstacle_decel: float = 0.0  # m/s^2; > 0: behind a vehicle or pedestrian in the way the limit falls to the
+    # speed that can still stop short of it braking this hard, sqrt(v_lead^2 + 2 * obstacle_decel * room) (0: off)
     overspeed_per_ms: float = 0.1  # penalty per m/s above the limit, per step
 
     def penalty(self, infraction: str) -> float:
         return getattr(self, infraction)
 
     def dense(self, progress_m: torch.Tensor, speed: torch.Tensor, lateral_offset: torch.Tensor, dt: float,
-              red_stop_distance: torch.Tensor | None = None) -> torch.Tensor:
+              red_stop_distance: torch.Tensor | None = None,
+              obstacle: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The per-step reward before infraction penalties: progress (at most ``limit * dt`` metres a step, so
         speeding buys no reward), less the optional overspeed and lateral-offset shaping. The limit is
         ``speed_limit``, lowered before a red light (``red_stop_distance`` [B] metres to its stop line, inf
-        where there is none) when ``stop_decel`` is on; no limit when neither applies."""
+        where there is none) when ``stop_decel`` is on, and behind an obstacle in the way (``obstacle``: metres
+        of room before the ego should stand behind it [B], inf where none, and its speed [B]) when
+        ``obstacle_decel`` is on; no limit when none applies."""
         reward = -self.lateral_offset_per_m * lateral_offset.abs()
-        if self.speed_limit <= 0 and (self.stop_decel <= 0 or red_stop_distance is None):
+        red = self.stop_decel > 0 and red_stop_distance is not None
+        behind = self.obstacle_decel > 0 and obstacle is not None
+        if self.speed_limit <= 0 and not red and not behind:
             return reward + self.progress_per_m * progress_m  # no limit set: nothing to clamp or penalise
         limit = torch.full_like(speed, self.speed_limit if self.speed_limit > 0 else float("inf"))
-        if self.stop_decel > 0 and red_stop_distance is not None:
+        if red:
             limit = limit.minimum((2.0 * self.stop_decel * (red_stop_distance - 1.0).clamp(min=0.0)).sqrt())
+        if behind:
+            room, lead_speed = obstacle
+            limit = limit.minimum((lead_speed ** 2 + 2.0 * self.obstacle_decel * room.clamp(min=0.0)).sqrt())
         progress_m = progress_m.minimum(limit * dt)
         overspeed = (speed - limit).clamp(min=0.0)
         reward = reward - self.overspeed_per_ms * torch.where(torch.isfinite(limit), overspeed, 0.0)

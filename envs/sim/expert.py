@@ -78,20 +78,9 @@ class ExpertDriver:
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         cfg, vehicle, layout = self.config, self.vehicle, self.layout
-        num_worlds = obs.shape[0]
         slices = layout.slices
-        ego = obs[:, slices["ego"]]
-        speed = ego[:, 0] * layout.speed_scale
-        lateral = ego[:, 4] * LATERAL_SCALE_M
-        route = obs[:, slices["route"]].view(num_worlds, -1, 2) * layout.distance_scale
-        # The path: the ego's projection onto the route (the route lies ``lateral`` to the right), then the
-        # route points.
-        start = torch.stack([torch.zeros_like(lateral), -lateral], -1)[:, None]
-        path = _extend_past_goal(torch.cat([start, route], 1), layout.route_point_spacing_m)  # [B, P, 2]
-        segment = path[:, 1:] - path[:, :-1]
-        raw_length = segment.norm(dim=-1)
-        seg_length = raw_length.clamp(min=1e-3)
-        cumulative = torch.cat([torch.zeros_like(raw_length[:, :1]), raw_length.cumsum(1)], 1)
+        speed = obs[:, slices["ego"].start] * layout.speed_scale
+        path, segment, raw_length, seg_length, cumulative = self._path(obs)
 
         # --- steering: pure pursuit at a speed-dependent lookahead ----------------------------------------
         lookahead = (cfg.min_lookahead + cfg.lookahead_time * speed).minimum(cumulative[:, -1])
@@ -110,21 +99,8 @@ class ExpertDriver:
         allowed = (curve_speed ** 2 + 2 * cfg.comfortable_decel * distance).sqrt().min(1).values
         desired = allowed.clamp(max=cfg.cruise_speed)
 
-        # --- obstacles in the corridor along the path -----------------------------------------------------
-        gap = torch.full_like(speed, FAR)
-        lead_speed = torch.zeros_like(speed)
-        min_gap = torch.full_like(speed, cfg.vehicle_gap)
-        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
-        if vehicles.shape[1]:
-            v_gap, v_speed = self._vehicle_gaps(vehicles, path, segment, seg_length, cumulative)
-            closer = v_gap < gap
-            gap, lead_speed = gap.minimum(v_gap), torch.where(closer, v_speed, lead_speed)
-        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
-        if walkers.shape[1]:
-            p_gap = self._pedestrian_gaps(walkers, path, segment, seg_length, cumulative, speed)
-            closer = p_gap < gap
-            gap, lead_speed = gap.minimum(p_gap), torch.where(closer, 0.0, lead_speed)
-            min_gap = torch.where(closer, cfg.pedestrian_gap, min_gap)
+        # --- obstacles in the corridor along the path, then the stop line ---------------------------------
+        gap, lead_speed, min_gap = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
         light = obs[:, slices["light"]]
         to_line = light[:, 3] * layout.distance_scale
         red, yellow, valid = light[:, 0] > 0.5, light[:, 1] > 0.5, light[:, 4] > 0.5
@@ -153,6 +129,50 @@ class ExpertDriver:
         brake = torch.where(hold, 0.5, brake)
         throttle = torch.where(hold, 0.0, throttle)
         return torch.stack([throttle, brake, steer], 1)
+
+    def obstacle_room(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For reward shaping: metres [B] from the ego's front bumper to where it should stop behind the nearest
+        vehicle or pedestrian in its way (the gap less the expert's standstill gap; may be negative; ``FAR``
+        when none), and that obstacle's speed along the path [B] (m/s, 0 for pedestrians and when none)."""
+        speed = obs[:, self.layout.slices["ego"].start] * self.layout.speed_scale
+        path, segment, _, seg_length, cumulative = self._path(obs)
+        gap, lead_speed, min_gap = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
+        return torch.where(gap < FAR, gap - min_gap, FAR), lead_speed
+
+    def _path(self, obs: torch.Tensor):
+        """The path: the ego's projection onto the route (the route lies ``lateral`` to the right), then the
+        route points, in the ego frame [B, P, 2]; its segments, their lengths (raw and floored) and the
+        cumulative arc length at each point."""
+        layout = self.layout
+        lateral = obs[:, layout.slices["ego"].start + 4] * LATERAL_SCALE_M
+        route = obs[:, layout.slices["route"]].view(obs.shape[0], -1, 2) * layout.distance_scale
+        start = torch.stack([torch.zeros_like(lateral), -lateral], -1)[:, None]
+        path = _extend_past_goal(torch.cat([start, route], 1), layout.route_point_spacing_m)
+        segment = path[:, 1:] - path[:, :-1]
+        raw_length = segment.norm(dim=-1)
+        cumulative = torch.cat([torch.zeros_like(raw_length[:, :1]), raw_length.cumsum(1)], 1)
+        return path, segment, raw_length, raw_length.clamp(min=1e-3), cumulative
+
+    def _obstacle(self, obs, speed, path, segment, seg_length, cumulative):
+        """Gap [B] to the nearest vehicle or pedestrian in the corridor along the path (``FAR`` when none), its
+        speed along the path, and the standstill gap the expert keeps to it."""
+        cfg, layout = self.config, self.layout
+        num_worlds, slices = obs.shape[0], layout.slices
+        gap = torch.full_like(speed, FAR)
+        lead_speed = torch.zeros_like(speed)
+        min_gap = torch.full_like(speed, cfg.vehicle_gap)
+        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
+        if vehicles.shape[1]:
+            v_gap, v_speed = self._vehicle_gaps(vehicles, path, segment, seg_length, cumulative)
+            closer = v_gap < gap
+            gap, lead_speed = gap.minimum(v_gap), torch.where(closer, v_speed, lead_speed)
+        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        if walkers.shape[1]:
+            p_gap = self._pedestrian_gaps(walkers, path, segment, seg_length, cumulative, speed)
+            closer = p_gap < gap
+            gap, lead_speed = gap.minimum(p_gap), torch.where(closer, 0.0, lead_speed)
+            min_gap = torch.where(closer, cfg.pedestrian_gap, min_gap)
+        return gap, lead_speed, min_gap
 
     def _vehicle_gaps(self, vehicles, path, segment, seg_length, cumulative):
         """Gap [B] to the nearest vehicle in the corridor (now or predicted) and its speed along the path."""

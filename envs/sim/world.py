@@ -36,6 +36,7 @@ from envs.sim.bank import TownBank
 from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import SimConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
+from envs.sim.expert import ExpertDriver
 from envs.sim.lights import RED, light_states
 from envs.sim.observation import actor_features, build_observation, light_features, red_stop_distance
 from envs.sim.ops import select, select_int
@@ -128,6 +129,7 @@ class DrivingSim:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("env.device is 'cuda' but torch sees no CUDA device; use env.device=cpu")
         self.layout = OBSERVATION_LAYOUT
+        self._hazards = ExpertDriver(vehicle=config.vehicle, layout=self.layout)  # obstacle shaping of the reward
         self.observation_size = self.layout.size
         self.bank = TownBank(town_factory(config), self.device)
         self.state = PackedState(*state_fields(config), self.num_worlds, self.device)
@@ -259,7 +261,8 @@ class DrivingSim:
         observation = self.observe()
         # Ended worlds were restored above; their reward is zeroed below, so the state is read as it now is.
         red_stop = red_stop_distance(observation, self.layout) if cfg.reward.stop_decel > 0 else None
-        reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop)
+        obstacle = self._hazards.obstacle_room(observation) if cfg.reward.obstacle_decel > 0 else None
+        reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop, obstacle)
         for name, happened in events.items():
             weight = cfg.reward.penalty(name)
             if weight:

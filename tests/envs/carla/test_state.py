@@ -173,6 +173,26 @@ def test_a_red_light_ahead_lowers_the_progress_limit_with_stop_decel():
     assert step(start, actors, route=route, config=config)[1] == pytest.approx(0.1)  # 1 m of progress
 
 
+def test_a_car_ahead_lowers_the_progress_limit_with_obstacle_decel():
+    reward = dataclasses.replace(CONFIG.reward, stop_decel=0.0, obstacle_decel=2.0, overspeed_per_ms=0.1)
+    config = dataclasses.replace(CONFIG, reward=reward)
+    start = start_episode(7, 0, 3, straight_route(), actors_with_ego(x=10.0), 0.0)
+    actors = actors_with_ego(x=11.0, speed=6.0)
+    actors.vehicle_valid[1] = True  # a standing car whose centre is 20 m ahead of the ego's, on the route
+    actors.vehicle_pose[1] = (31.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    _, behind, _ = step(start, actors, config=config)
+    room = 20.0 - 4.8 - 3.0  # bumper to bumper, less the expert's 3 m standstill gap
+    limit = math.sqrt(2.0 * 2.0 * room)
+    dt = CONFIG.fixed_delta_seconds  # the step's 1 m of progress counts up to limit * dt metres
+    assert behind == pytest.approx(0.1 * limit * dt, abs=1e-4)  # limit 6.99 m/s: no overspeed at 6 m/s
+    actors.vehicle_pose[1] = (21.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # 10 m ahead: 2.2 m of room, 2.97 m/s
+    _, close, _ = step(start, actors, config=config)
+    limit = math.sqrt(2.0 * 2.0 * (10.0 - 4.8 - 3.0))
+    assert close == pytest.approx(0.1 * limit * dt - 0.1 * (6.0 - limit), abs=1e-4)
+    actors.vehicle_pose[1] = (21.0, 7.0, 0.0, 0.0, 0.0, 0.0)  # two lanes over: not in the way
+    assert step(start, actors, config=config)[1] == pytest.approx(0.1)
+
+
 def test_a_lasting_contact_is_one_collision():
     episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(), 0.0)
     config = dataclasses.replace(CONFIG, terminate_on=())

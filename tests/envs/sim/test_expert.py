@@ -72,6 +72,25 @@ def test_expert_keeps_its_gap_to_a_slow_car_ahead():
     assert ExpertDriver()(obs)[0, 1] == 0
 
 
+def test_obstacle_room_is_the_gap_less_the_standstill_gap_to_what_is_in_the_way():
+    obs = torch.zeros(3, OBSERVATION_LAYOUT.size)
+    slices = OBSERVATION_LAYOUT.slices
+    obs[:, slices["ego"].start] = 1.0  # 10 m/s
+    obs[:, slices["route"]] = torch.stack([torch.arange(1, 11) * 5.0 / 50, torch.zeros(10)], 1).reshape(-1)
+    vehicles = slices["vehicles"].start
+    # world 0: nothing ahead; world 1: a car 20 m ahead (centre to centre) at 2 m/s; world 2: that car one lane over
+    car = torch.tensor([20.0 / 50, 0.0, 1.0, 0.0, 0.2, 0.0, 0.96, 0.38, 1.0])
+    obs[1, vehicles:vehicles + 9] = car
+    car[1] = 3.5 / 50
+    obs[2, vehicles:vehicles + 9] = car
+    expert = ExpertDriver()
+    room, lead_speed = expert.obstacle_room(obs)
+    # bumper to bumper: 20 m less half of each car (4.8 m long), less the expert's 3 m standstill gap
+    assert room[1].item() == pytest.approx(20.0 - 4.8 - expert.config.vehicle_gap, abs=1e-4)
+    assert lead_speed[1].item() == pytest.approx(2.0, abs=1e-5)
+    assert room[0] >= 1e5 and room[2] >= 1e5 and lead_speed[0] == 0 and lead_speed[2] == 0
+
+
 def test_route_follower_is_still_there():
     obs = torch.zeros(2, OBSERVATION_LAYOUT.size)
     assert route_follower(obs).shape == (2, 3)

@@ -88,6 +88,53 @@ def test_a_red_light_ahead_lowers_the_limit_to_a_speed_that_can_still_stop():
     assert torch.equal(off.dense(progress, speed, torch.zeros(3), 0.1, red), 0.1 * progress)
 
 
+def test_an_obstacle_in_the_way_lowers_the_limit_to_a_speed_that_can_still_stop_behind_it():
+    from envs.sim.config import RewardConfig
+
+    reward = RewardConfig(stop_decel=0.0, obstacle_decel=2.0, overspeed_per_ms=0.1)
+    speed = torch.tensor([8.0, 8.0, 8.0])
+    progress = speed * 0.1
+    room = torch.tensor([float("inf"), 4.0, -1.0])  # nothing in the way; 4 m of room; already too close
+    lead = torch.tensor([0.0, 3.0, 0.0])
+    got = reward.dense(progress, speed, torch.zeros(3), 0.1, None, (room, lead))
+    behind = (3.0 ** 2 + 2 * 2.0 * 4.0) ** 0.5  # sqrt(v_lead^2 + 2 a room) = 5 m/s
+    expected = torch.tensor([0.1 * 0.8, 0.1 * behind * 0.1 - 0.1 * (8.0 - behind), 0.0 - 0.1 * 8.0])
+    assert torch.allclose(got, expected, atol=1e-5)
+    off = RewardConfig(stop_decel=0.0, obstacle_decel=0.0, overspeed_per_ms=0.1)
+    assert torch.equal(off.dense(progress, speed, torch.zeros(3), 0.1, None, (room, lead)), 0.1 * progress)
+
+
+def test_the_simulator_shapes_its_reward_by_the_obstacle_its_observation_shows():
+    from envs.sim.config import RewardConfig
+    from envs.sim.expert import ExpertDriver
+
+    # Two copies of a busy world driven alike; the reward does not touch the dynamics, so they stay equal.
+    plain = RewardConfig(stop_decel=0.0, obstacle_decel=0.0, overspeed_per_ms=0.1)
+    shaped = RewardConfig(stop_decel=0.0, obstacle_decel=3.0, overspeed_per_ms=0.1)
+    sims = [DrivingSim(SimConfig(num_worlds=8, num_towns=2, town=TownConfig(num_routes=8), reward=reward))
+            for reward in (plain, shaped)]
+    obs = [sim.reset(list(range(8))) for sim in sims]
+    hazards = ExpertDriver(vehicle=sims[1].config.vehicle)
+    done = torch.zeros(8, dtype=torch.bool)
+    seen = 0
+    for _ in range(150):
+        before = sims[0].state.route_s.minimum(sims[0].state.route_end_s)
+        a, b = (sim.step(route_follower(o, target_speed=12.0)) for sim, o in zip(sims, obs, strict=True))
+        assert torch.equal(a.observation, b.observation)
+        progress = sims[0].state.route_s.minimum(sims[0].state.route_end_s) - before
+        room, lead = hazards.obstacle_room(b.observation)
+        clean = ~done & ~torch.stack([a.info[name] for name in INFRACTIONS]).any(0)
+        expected = shaped.dense(progress, sims[1].state.speed, sims[1].state.lateral_offset, 0.1, None, (room, lead))
+        assert torch.allclose(b.reward[clean], expected[clean], atol=1e-5)
+        assert torch.allclose(a.reward[clean], 0.1 * progress[clean], atol=1e-5)
+        seen += int((clean & (room < 1e5) & (expected < a.reward - 1e-4)).sum())
+        done |= a.terminated | a.truncated
+        obs = [a.observation, b.observation]
+        if done.all():
+            break
+    assert seen > 0, "the shaping never lowered a reward: the test drove past nothing"
+
+
 def test_leaving_the_road_is_detected_and_terminates(straight_sim):
     sim = straight_sim(2)
     sim.reset(0)
