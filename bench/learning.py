@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from grpo.baselines import build_baseline
 from grpo.checkpoint import save_checkpoint
-from grpo.config import EvalConfig, train_config_from_dict
+from grpo.config import train_config_from_dict
 from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer
 
@@ -47,11 +47,14 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             f"run_name=learning-{args.name}", "logger.wandb.mode=disabled", "logger.progress_bar=false",
-            "eval.every=0", "checkpoint.every=1000000", *args.overrides])
+            "eval.every=0", "checkpoint.every=1000000", *args.overrides,
+            # the held-out suite: the trainer's own evaluation (which keeps best.pt) runs on it
+            f"eval.num_routes={args.routes}", "eval.seed=0", "eval.deterministic=true", "eval.max_steps=null",
+            "eval.device=null"])
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     config = train_config_from_dict(data)
-    suite = EvalConfig(num_routes=args.routes, seed=0, deterministic=True)
+    suite = config.eval
 
     references = {}
     for name in ("random", "expert"):
@@ -61,24 +64,15 @@ def main() -> None:
     trainer = Trainer(config)
     curve = []
 
-    def evaluate(training_seconds: float) -> float:
-        trainer.policy.eval()
-        metrics = evaluate_policy(trainer.policy, config.env, suite, trainer.device).metrics
+    def record(training_seconds: float, metrics: dict[str, float]) -> None:
         curve.append({"training_s": training_seconds, "iteration": trainer.iteration,
                       "env_steps": trainer.rollout.env_steps, **metrics})
         print(f"{training_seconds / 60:6.1f} min  it {trainer.iteration:5d}  driving score "
               f"{metrics['eval/driving_score']:5.1f}  completion {metrics['eval/route_completion']:5.1f}  "
               f"success {metrics['eval/success_rate']:.2f}", flush=True)
-        return metrics["eval/driving_score"]
 
-    def evaluate_and_keep(training_seconds: float) -> None:
-        """Evaluate the policy in training; best.pt follows the score, as in train.py."""
-        score = evaluate(training_seconds)
-        if score > trainer.best_score:
-            trainer.best_score = score
-            save_checkpoint(trainer.state_dict(), trainer.checkpoints.best)
-
-    evaluate(0.0)  # the untrained policy
+    trainer.policy.eval()
+    record(0.0, evaluate_policy(trainer.policy, config.env, suite, trainer.device).metrics)  # the untrained policy
     try:
         start = time.perf_counter()
         trainer.begin()  # the warm start (behaviour cloning), if on, counts as training time
@@ -86,12 +80,12 @@ def main() -> None:
         next_eval = 0.0 if config.pretrain.updates else args.eval_every_s  # the cloned policy's score, if cloned
         while training_seconds < 60 * args.minutes and trainer.iteration < config.grpo.iterations:
             if training_seconds >= next_eval:
-                evaluate_and_keep(training_seconds)
+                record(training_seconds, trainer.evaluate())  # best.pt follows the score, as in train.py
                 next_eval += args.eval_every_s
             start = time.perf_counter()
             trainer.train_iteration()
             training_seconds += time.perf_counter() - start
-        evaluate_and_keep(training_seconds)
+        record(training_seconds, trainer.evaluate())
         save_checkpoint(trainer.state_dict(), trainer.checkpoints.last)
     finally:
         trainer.finish()
