@@ -100,7 +100,7 @@ class ExpertDriver:
         desired = allowed.clamp(max=cfg.cruise_speed)
 
         # --- obstacles in the corridor along the path, then the stop line ---------------------------------
-        gap, lead_speed, min_gap = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
+        gap, lead_speed, min_gap, _ = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
         light = obs[:, slices["light"]]
         to_line = light[:, 3] * layout.distance_scale
         red, yellow, valid = light[:, 0] > 0.5, light[:, 1] > 0.5, light[:, 4] > 0.5
@@ -130,14 +130,15 @@ class ExpertDriver:
         throttle = torch.where(hold, 0.0, throttle)
         return torch.stack([throttle, brake, steer], 1)
 
-    def obstacle_room(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For reward shaping: metres [B] from the ego's front bumper to where it should stop behind the nearest
-        vehicle or pedestrian in its way (the gap less the expert's standstill gap; may be negative; ``FAR``
-        when none), and that obstacle's speed along the path [B] (m/s, 0 for pedestrians and when none)."""
+    def obstacle_in_way(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the observation's ``obstacle`` slot holds: metres [B] from the ego's front bumper to where it
+        should stand behind the nearest vehicle or pedestrian in its way (the gap less the expert's standstill
+        gap; may be negative; ``FAR`` when none), that obstacle's speed along the path [B] (m/s; 0 for
+        pedestrians and when none), and whether it is a pedestrian [B] bool."""
         speed = obs[:, self.layout.slices["ego"].start] * self.layout.speed_scale
         path, segment, _, seg_length, cumulative = self._path(obs)
-        gap, lead_speed, min_gap = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
-        return torch.where(gap < FAR, gap - min_gap, FAR), lead_speed
+        gap, lead_speed, min_gap, pedestrian = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
+        return torch.where(gap < FAR, gap - min_gap, FAR), lead_speed, pedestrian
 
     def _path(self, obs: torch.Tensor):
         """The path: the ego's projection onto the route (the route lies ``lateral`` to the right), then the
@@ -155,63 +156,72 @@ class ExpertDriver:
 
     def _obstacle(self, obs, speed, path, segment, seg_length, cumulative):
         """Gap [B] to the nearest vehicle or pedestrian in the corridor along the path (``FAR`` when none), its
-        speed along the path, and the standstill gap the expert keeps to it."""
+        speed along the path, the standstill gap the expert keeps to it, and whether it is a pedestrian. Every
+        point the rules look at (vehicles now and at each prediction time, pedestrians now and at the end of
+        their horizon) is projected onto the path in one batched call."""
         cfg, layout = self.config, self.layout
         num_worlds, slices = obs.shape[0], layout.slices
+        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
+        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        horizons = (0.0, *cfg.prediction_s)
+        vehicle_points = [vehicles[..., 0:2] * layout.distance_scale + vehicles[..., 4:6] * layout.speed_scale * h
+                          for h in horizons]
+        walker_position = walkers[..., 0:2] * layout.distance_scale
+        walker_points = [walker_position,
+                         walker_position + walkers[..., 2:4] * layout.speed_scale * cfg.pedestrian_horizon_s]
+        along, lateral, tangent = _project(torch.cat(vehicle_points + walker_points, 1), path, segment, seg_length,
+                                           cumulative)
+        split = len(horizons) * layout.num_vehicles
         gap = torch.full_like(speed, FAR)
         lead_speed = torch.zeros_like(speed)
         min_gap = torch.full_like(speed, cfg.vehicle_gap)
-        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
-        if vehicles.shape[1]:
-            v_gap, v_speed = self._vehicle_gaps(vehicles, path, segment, seg_length, cumulative)
-            closer = v_gap < gap
-            gap, lead_speed = gap.minimum(v_gap), torch.where(closer, v_speed, lead_speed)
-        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
-        if walkers.shape[1]:
-            p_gap = self._pedestrian_gaps(walkers, path, segment, seg_length, cumulative, speed)
+        pedestrian = torch.zeros_like(speed, dtype=torch.bool)
+        if layout.num_vehicles:
+            gap, lead_speed = self._vehicle_gaps(vehicles, len(horizons), along[:, :split], lateral[:, :split],
+                                                 tangent[:, :split], cumulative)
+        if layout.num_pedestrians:
+            p_gap = self._pedestrian_gaps(walkers, along[:, split:], lateral[:, split:], cumulative, speed)
             closer = p_gap < gap
             gap, lead_speed = gap.minimum(p_gap), torch.where(closer, 0.0, lead_speed)
             min_gap = torch.where(closer, cfg.pedestrian_gap, min_gap)
-        return gap, lead_speed, min_gap
+            pedestrian = closer
+        return gap, lead_speed, min_gap, pedestrian
 
-    def _vehicle_gaps(self, vehicles, path, segment, seg_length, cumulative):
-        """Gap [B] to the nearest vehicle in the corridor (now or predicted) and its speed along the path."""
+    def _vehicle_gaps(self, vehicles, num_horizons, along, lateral, tangent, cumulative):
+        """Gap [B] to the nearest vehicle in the corridor (now or at a prediction time) and its speed along the
+        path. ``along``, ``lateral`` and ``tangent`` are the projections of the vehicles' centres [B, H * K],
+        prediction time major (now first)."""
         cfg, layout, ego_length, ego_width = self.config, self.layout, self.vehicle.length, self.vehicle.width
-        position = vehicles[..., 0:2] * layout.distance_scale
-        cos_yaw, sin_yaw = vehicles[..., 2], vehicles[..., 3]
+        repeat = (1, num_horizons)
+        cos_yaw, sin_yaw = vehicles[..., 2].repeat(repeat), vehicles[..., 3].repeat(repeat)
+        length = (vehicles[..., 6] * SIZE_SCALE_M).repeat(repeat)
+        width = (vehicles[..., 7] * SIZE_SCALE_M).repeat(repeat)
+        valid = (vehicles[..., 8] > 0.5).repeat(repeat)
+        cos_rel = (cos_yaw * tangent[..., 0] + sin_yaw * tangent[..., 1]).abs()
+        sin_rel = (sin_yaw * tangent[..., 0] - cos_yaw * tangent[..., 1]).abs()
+        depth = 0.5 * (length * cos_rel + width * sin_rel)
+        spread = 0.5 * (length * sin_rel + width * cos_rel)
+        inside = valid & (lateral.abs() < ego_width / 2 + spread + cfg.corridor_margin) & (along + depth > 0)
+        inside &= along < cumulative[:, -1:]
+        gap = torch.where(inside, along - depth - ego_length / 2, FAR)
+        # Only the current velocity has a speed along the path; a predicted position counts as standing.
+        now = vehicles.shape[1]
         velocity = vehicles[..., 4:6] * layout.speed_scale
-        length, width = vehicles[..., 6] * SIZE_SCALE_M, vehicles[..., 7] * SIZE_SCALE_M
-        valid = vehicles[..., 8] > 0.5
-        best_gap = torch.full_like(path[:, 0, 0], FAR)
-        best_speed = torch.zeros_like(best_gap)
-        for horizon in (0.0, *cfg.prediction_s):
-            along, lateral, tangent = _project(position + velocity * horizon, path, segment, seg_length, cumulative)
-            cos_rel = (cos_yaw * tangent[..., 0] + sin_yaw * tangent[..., 1]).abs()
-            sin_rel = (sin_yaw * tangent[..., 0] - cos_yaw * tangent[..., 1]).abs()
-            depth = 0.5 * (length * cos_rel + width * sin_rel)
-            spread = 0.5 * (length * sin_rel + width * cos_rel)
-            inside = valid & (lateral.abs() < ego_width / 2 + spread + cfg.corridor_margin) & (along + depth > 0)
-            inside &= along < cumulative[:, -1:]
-            gap = torch.where(inside, along - depth - ego_length / 2, FAR)
-            along_speed = (velocity * tangent).sum(-1).clamp(min=0) if horizon == 0 else torch.zeros_like(gap)
-            nearest, which = gap.min(1)
-            speed = along_speed.gather(1, which[:, None]).squeeze(1)
-            closer = nearest < best_gap
-            best_gap = best_gap.minimum(nearest)
-            best_speed = torch.where(closer, speed, best_speed)
-        return best_gap, best_speed
+        along_speed = torch.zeros_like(gap)
+        along_speed[:, :now] = (velocity * tangent[:, :now]).sum(-1).clamp(min=0)
+        nearest, which = gap.min(1)  # ties go to the earliest time, then the nearest slot
+        return nearest, torch.where(nearest < FAR, along_speed.gather(1, which[:, None]).squeeze(1), 0.0)
 
-    def _pedestrian_gaps(self, walkers, path, segment, seg_length, cumulative, speed):
+    def _pedestrian_gaps(self, walkers, along, lateral, cumulative, speed):
         """Gap [B] to the nearest pedestrian in the way: in the corridor along the path now, or walking into
         it within ``pedestrian_horizon_s`` unless the ego will be past their crossing point a good second
-        before they reach the corridor (then it goes on: stopping right at the line would be worse)."""
-        cfg, layout, ego_length, ego_width = self.config, self.layout, self.vehicle.length, self.vehicle.width
-        position = walkers[..., 0:2] * layout.distance_scale
-        velocity = walkers[..., 2:4] * layout.speed_scale
+        before they reach the corridor (then it goes on: stopping right at the line would be worse).
+        ``along`` and ``lateral`` [B, 2 * Kp] project the pedestrians now, then at the end of the horizon."""
+        cfg, ego_length, ego_width = self.config, self.vehicle.length, self.vehicle.width
         valid = walkers[..., 4] > 0.5
         horizon = cfg.pedestrian_horizon_s
-        along_now, lateral_now, _ = _project(position, path, segment, seg_length, cumulative)
-        along_then, lateral_then, _ = _project(position + velocity * horizon, path, segment, seg_length, cumulative)
+        along_now, along_then = along.chunk(2, dim=1)
+        lateral_now, lateral_then = lateral.chunk(2, dim=1)
         half = ego_width / 2 + cfg.pedestrian_margin
         sweeps = (lateral_now.minimum(lateral_then) < half) & (lateral_now.maximum(lateral_then) > -half)
         # Seconds until it is in the corridor: 0 if it is; distance over lateral speed if it walks towards it.
@@ -228,21 +238,22 @@ def _extend_past_goal(path: torch.Tensor, spacing: float) -> torch.Tensor:
     """Route points past the goal repeat the goal; the first of them moves one spacing straight on, so a
     vehicle just past the goal (where the front bumper ends up) is still seen ahead. (Not further: the
     road may curve there.) The others stay repeated, zero-length segments that the projection skips."""
-    points = list(path.unbind(1))
-    direction = torch.zeros_like(points[0])
-    direction[:, 0] = 1.0
-    extended = torch.zeros_like(points[0][:, :1], dtype=torch.bool)
-    for k in range(1, len(points)):
-        step = points[k] - points[k - 1]
-        length = step.norm(dim=-1, keepdim=True)
-        first_repeat = (length < 0.01) & ~extended
-        points[k] = torch.where(first_repeat, points[k - 1] + direction * spacing, points[k])
-        direction = torch.where(length < 0.01, direction, step / length.clamp(min=1e-6))
-        extended |= first_repeat
-        if k + 1 < len(points):  # later repeats continue from the goal, not from the extension
-            points[k + 1] = torch.where(extended & ((points[k + 1] - path[:, k]).norm(dim=-1, keepdim=True) < 0.01),
-                                        points[k], points[k + 1])
-    return torch.stack(points, 1)
+    step = path[:, 1:] - path[:, :-1]
+    length = step.norm(dim=-1)
+    repeated = length < 0.01  # [B, S]
+    index = torch.arange(step.shape[1], device=path.device)
+    first = torch.where(repeated, index, step.shape[1]).amin(1)  # the first repeated segment (S: none)
+    before = (first - 1).clamp(min=0)[:, None]
+    direction = step.gather(1, before[..., None].expand(-1, -1, 2)).squeeze(1) / length.gather(1, before).clamp(
+        min=1e-6)
+    straight_on = torch.tensor([1.0, 0.0], device=path.device, dtype=path.dtype)
+    direction = torch.where((first > 0)[:, None], direction, straight_on)  # no segment before it: straight on
+    goal = path.gather(1, first.clamp(max=step.shape[1] - 1)[:, None, None].expand(-1, 1, 2)).squeeze(1)
+    # the unbroken run of repeated segments from the first one: their end points become the extended goal
+    run = (repeated | (index < first[:, None])).cumprod(1).bool() & (index >= first[:, None])
+    extended = path.clone()
+    extended[:, 1:] = torch.where(run[..., None], (goal + direction * spacing)[:, None], path[:, 1:])
+    return extended
 
 
 def _point_at(path: torch.Tensor, cumulative: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
@@ -259,22 +270,24 @@ def _point_at(path: torch.Tensor, cumulative: torch.Tensor, distance: torch.Tens
 def _project(points: torch.Tensor, path: torch.Tensor, segment: torch.Tensor, seg_length: torch.Tensor,
              cumulative: torch.Tensor):
     """Arc length along the path, signed lateral offset (+ left) and the path's unit tangent there, for
-    points [B, K, 2] projected onto their nearest path segment."""
-    start = path[:, None, :-1]  # [B, 1, S, 2]
-    delta = points[:, :, None, :] - start  # [B, K, S, 2]
-    direction = (segment / seg_length[..., None])[:, None]  # [B, 1, S, 2]
-    t = torch.minimum((delta * direction).sum(-1), seg_length[:, None].expand(-1, points.shape[1], -1))
+    points [B, K, 2] projected onto their nearest path segment. (In x and y components: [B, K, S] tensors,
+    no reductions over a size-2 dimension, which cost more than the arithmetic at these sizes.)"""
+    ux, uy = (segment[..., 0] / seg_length)[:, None], (segment[..., 1] / seg_length)[:, None]  # [B, 1, S]
+    px, py = points[..., 0:1], points[..., 1:2]  # [B, K, 1]
+    sx, sy = path[:, None, :-1, 0], path[:, None, :-1, 1]  # [B, 1, S]: each segment's start
+    dx, dy = px - sx, py - sy  # [B, K, S]
+    t = torch.minimum(dx * ux + dy * uy, seg_length[:, None])
     first = torch.arange(t.shape[-1], device=t.device) == 0
     t = torch.where(first, t, t.clamp(min=0))  # metres along each segment; the first extends backwards
-    closest = start + direction * t[..., None]
-    distance = ((points[:, :, None, :] - closest) ** 2).sum(-1)
-    distance = torch.where((seg_length > 0.01)[:, None, :], distance, FAR)  # no repeated end points
+    ex, ey = px - (sx + ux * t), py - (sy + uy * t)  # to the closest point of each segment
+    distance = torch.where((seg_length > 0.01)[:, None, :], ex * ex + ey * ey, FAR)  # no repeated end points
     nearest = distance.argmin(-1, keepdim=True)  # [B, K, 1]
-    t_near = t.gather(-1, nearest).squeeze(-1)
-    along = cumulative[:, None, :-1].expand_as(t).gather(-1, nearest).squeeze(-1) + t_near
-    along = torch.where(distance.gather(-1, nearest).squeeze(-1) < FAR, along, FAR)  # no real segment left
-    tangent = direction.expand(-1, points.shape[1], -1, -1).gather(
-        2, nearest[..., None].expand(-1, -1, -1, 2)).squeeze(2)
-    offset = (delta.gather(2, nearest[..., None].expand(-1, -1, -1, 2)).squeeze(2))
-    lateral = tangent[..., 0] * offset[..., 1] - tangent[..., 1] * offset[..., 0]
-    return along, lateral, tangent
+
+    def at_nearest(values: torch.Tensor) -> torch.Tensor:
+        return values.expand_as(t).gather(-1, nearest).squeeze(-1)
+
+    along = at_nearest(cumulative[:, None, :-1]) + at_nearest(t)
+    along = torch.where(at_nearest(distance) < FAR, along, FAR)  # no real segment left
+    tx, ty = at_nearest(ux), at_nearest(uy)
+    lateral = tx * at_nearest(dy) - ty * at_nearest(dx)
+    return along, lateral, torch.stack([tx, ty], -1)

@@ -72,7 +72,7 @@ def test_expert_keeps_its_gap_to_a_slow_car_ahead():
     assert ExpertDriver()(obs)[0, 1] == 0
 
 
-def test_obstacle_room_is_the_gap_less_the_standstill_gap_to_what_is_in_the_way():
+def test_obstacle_in_way_is_the_gap_less_the_standstill_gap_to_what_is_in_the_way():
     obs = torch.zeros(3, OBSERVATION_LAYOUT.size)
     slices = OBSERVATION_LAYOUT.slices
     obs[:, slices["ego"].start] = 1.0  # 10 m/s
@@ -84,11 +84,18 @@ def test_obstacle_room_is_the_gap_less_the_standstill_gap_to_what_is_in_the_way(
     car[1] = 3.5 / 50
     obs[2, vehicles:vehicles + 9] = car
     expert = ExpertDriver()
-    room, lead_speed = expert.obstacle_room(obs)
+    room, lead_speed, pedestrian = expert.obstacle_in_way(obs)
     # bumper to bumper: 20 m less half of each car (4.8 m long), less the expert's 3 m standstill gap
     assert room[1].item() == pytest.approx(20.0 - 4.8 - expert.config.vehicle_gap, abs=1e-4)
     assert lead_speed[1].item() == pytest.approx(2.0, abs=1e-5)
     assert room[0] >= 1e5 and room[2] >= 1e5 and lead_speed[0] == 0 and lead_speed[2] == 0
+    assert not pedestrian.any()
+    # a pedestrian standing on the route 12 m ahead of world 1's bumper... is nearer than its car: it counts
+    walker = slices["pedestrians"].start
+    obs[1, walker:walker + 5] = torch.tensor([(12.0 + 2.4) / 50, 0.0, 0.0, 0.0, 1.0])
+    room, lead_speed, pedestrian = expert.obstacle_in_way(obs)
+    assert room[1].item() == pytest.approx(12.0 - expert.config.pedestrian_gap, abs=1e-4)
+    assert lead_speed[1] == 0 and pedestrian.tolist() == [False, True, False]
 
 
 def test_route_follower_is_still_there():
