@@ -71,12 +71,6 @@ class ObservationLayout:
     * ``light``: the next traffic light on the route whose stop line is at most 100 m ahead: one-hot
       (red, yellow, green), the distance along the route from the ego's front bumper to the stop line
       (/ ``distance_scale``), valid.
-    * ``obstacle``: the nearest vehicle or pedestrian in the ego's way, read from the slots above by the
-      expert's corridor along the route (envs.sim.expert): the room in metres before the ego should stand
-      behind it (the gap from its front bumper less a standstill gap: 3 m behind a vehicle, 4 m before a
-      pedestrian; negative when too close; / ``distance_scale``), its speed along the route (/
-      ``speed_scale``), pedestrian (1) or vehicle (0), valid. A derived feature (an affordance): every
-      other slot can be computed from the world, this one from the rest of the vector.
     """
 
     num_route_points: int = 10
@@ -92,19 +86,16 @@ class ObservationLayout:
     VEHICLE_FEATURES = ("x", "y", "cos_yaw", "sin_yaw", "vx", "vy", "length", "width", "valid")
     PEDESTRIAN_FEATURES = ("x", "y", "vx", "vy", "valid")
     LIGHT_FEATURES = ("red", "yellow", "green", "stop_distance", "valid")
-    OBSTACLE_FEATURES = ("room", "speed", "pedestrian", "valid")
 
     @property
     def slices(self) -> dict[str, slice]:
-        """Name -> slice of the flat vector: ``ego``, ``route``, ``vehicles``, ``pedestrians``, ``light``,
-        ``obstacle``."""
+        """Name -> slice of the flat vector: ``ego``, ``route``, ``vehicles``, ``pedestrians``, ``light``."""
         sizes = {
             "ego": len(self.EGO_FEATURES),
             "route": 2 * self.num_route_points,
             "vehicles": len(self.VEHICLE_FEATURES) * self.num_vehicles,
             "pedestrians": len(self.PEDESTRIAN_FEATURES) * self.num_pedestrians,
             "light": len(self.LIGHT_FEATURES),
-            "obstacle": len(self.OBSTACLE_FEATURES),
         }
         out, start = {}, 0
         for name, size in sizes.items():
@@ -114,7 +105,7 @@ class ObservationLayout:
 
     @property
     def size(self) -> int:
-        return self.slices["obstacle"].stop
+        return self.slices["light"].stop
 
 
 OBSERVATION_LAYOUT = ObservationLayout()

@@ -484,8 +484,10 @@ def evaluate_checkpoint(config: EvaluateConfig) -> Evaluation:
         raise CheckpointError(f"{config.checkpoint} holds no policy and run config; was it written by the trainer?")
     env_config = eval_env_config(env_for_evaluation(stored["env"], config, config.checkpoint), config.eval)
     try:
-        # Checkpoints from before held actions (no action_repeat key) acted every step.
-        policy_config = from_dict(PolicyConfig, {"action_repeat": 1, **stored["policy"]}, "policy")
+        # Checkpoints from before held actions (no action_repeat key) acted every step, and those from before
+        # the obstacle inputs (no obstacle_features key) read the observation alone.
+        policy_config = from_dict(PolicyConfig, {"action_repeat": 1, "obstacle_features": False, **stored["policy"]},
+                                  "policy")
     except ConfigError as error:
         raise CheckpointError(f"{config.checkpoint}: its policy config does not fit this version ({error})") from error
     backend = build_eval_backend(env_config, config.eval)

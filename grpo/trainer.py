@@ -228,9 +228,11 @@ class Trainer:
         valid = batch.valid & keep[None, :]
         decided = batch.decided[:, None, :].expand(-1, num_branches, -1)  # [S, N, k]: dimensions sampled
         reference_log_probs = reference_kl = None
+        with torch.no_grad():  # the policy's inputs, encoded once for every epoch (the reference's are the same)
+            inputs = self.policy.encode(batch.observations.flatten(0, 1)).view(steps, num_branches, -1)
         if self.reference is not None:
             with torch.no_grad():
-                reference_dist = self.reference(batch.observations.flatten(0, 1))
+                reference_dist = self.reference.distribution(inputs.flatten(0, 1))
                 reference_log_probs = reference_dist.log_prob(batch.raw_actions.flatten(0, 1),
                                                               decided.flatten(0, 1)).view(steps, -1)
         sums: dict[str, float] = defaultdict(float)
@@ -243,12 +245,12 @@ class Trainer:
                 mask = valid[:, columns].flatten()
                 if not mask.any():
                     continue
-                dist = self.policy(batch.observations[:, columns].flatten(0, 1))
+                dist = self.policy.distribution(inputs[:, columns].flatten(0, 1))
                 raw = batch.raw_actions[:, columns].flatten(0, 1)
                 dims = decided[:, columns].flatten(0, 1)
                 if self.reference is not None and self.loss_config.kl_estimator == "analytic":
                     with torch.no_grad():
-                        reference_dist = self.reference(batch.observations[:, columns].flatten(0, 1))
+                        reference_dist = self.reference.distribution(inputs[:, columns].flatten(0, 1))
                     reference_kl = dist.kl(reference_dist, dims)
                 loss, loss_metrics = grpo_loss(
                     dist.log_prob(raw, dims), batch.log_probs[:, columns].flatten(),

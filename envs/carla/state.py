@@ -31,15 +31,8 @@ from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, ObservationLayout, Snapsho
 from envs.carla.config import CarlaConfig
 from envs.carla.lights import RED, StopLines, red_light_crossed, to_sim_state
 from envs.sim.config import VehicleConfig
-from envs.sim.expert import FAR, ExpertDriver
+from envs.sim.expert import ExpertDriver
 from envs.sim.lights import RED as SIM_RED
-from envs.sim.observation import (
-    actor_features,
-    build_observation,
-    light_features,
-    obstacle_features,
-    obstacle_room,
-)
 
 STATE_VERSION = 1  # bump when the snapshot layout changes (it is part of the backend's signature)
 EGO_KEY = "hero"  # CARLA's conventional role name for the ego (large maps stream tiles around it)
@@ -293,7 +286,6 @@ class ObservationView:
     vehicles: np.ndarray  # [N, 8]: x, y, yaw, vx, vy, length, width, valid
     walkers: np.ndarray  # [M, 5]: x, y, vx, vy, valid
     light: np.ndarray  # [3]: state (envs.sim.lights), distance to the stop line (m), valid
-    ego_size: tuple[float, float]  # the ego's length and width (m), for the obstacle slot's corridor
 
 
 def ego_front(actors: ActorStates) -> np.ndarray:
@@ -321,11 +313,13 @@ def observation_view(layout: ObservationLayout, actors: ActorStates, episode: Ep
         light[:] = (*next_stop, 1.0)
     return ObservationView(float(x[0]), float(y[0]), float(yaw[0]), episode.speed, np.asarray(episode.last_control),
                            episode.lateral_offset, episode.heading_error, remaining, route.point_at(ahead),
-                           vehicles, walkers, light, tuple(float(v) for v in 2.0 * actors.vehicle_extent[0, :2]))
+                           vehicles, walkers, light)
 
 
 def build_observations(layout: ObservationLayout, views: list[ObservationView]) -> torch.Tensor:
     """Observations [B, layout.size] of several worlds, with envs.sim.observation's functions."""
+    from envs.sim.observation import actor_features, build_observation, light_features
+
     def column(name: str) -> torch.Tensor:
         return torch.tensor([getattr(v, name) for v in views], dtype=torch.float64)
 
@@ -359,11 +353,7 @@ def build_observations(layout: ObservationLayout, views: list[ObservationView]) 
     light_slot = torch.zeros(num_worlds, len(layout.LIGHT_FEATURES), dtype=torch.float64)
     light_features(layout, light[:, 0].long(), light[:, 1], light[:, 2] > 0, light_slot)
     obs[:, layout.slices["light"]] = light_slot.to(obs.dtype)
-    obs = obs.float()
-    for row, view in enumerate(views):  # the ego's size sets the corridor, so one reading per world
-        room, speed, pedestrian = ego_expert(*view.ego_size).obstacle_in_way(obs[row:row + 1])
-        obstacle_features(layout, room, speed, pedestrian, obs[row:row + 1, layout.slices["obstacle"]], FAR)
-    return obs
+    return obs.float()
 
 
 def sort_by_distance(actors: np.ndarray, x: float, y: float, keep: int) -> np.ndarray:
@@ -446,7 +436,7 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     obstacle = None
     if config.reward.obstacle_decel > 0:  # the obstacle the new observation shows, as the simulator does
         observation = build_observations(OBSERVATION_LAYOUT, [observation_view(OBSERVATION_LAYOUT, actors, new, route)])
-        obstacle = obstacle_room(observation, OBSERVATION_LAYOUT)
+        obstacle = ego_expert(actors).obstacle_in_way(observation)[:2]
     reward = float(config.reward.dense(torch.tensor([progress]), torch.tensor([speed]), torch.tensor([lateral]), dt,
                                        torch.tensor([red_stop]), obstacle))
     for name, value in happened.items():
@@ -460,9 +450,9 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     return new, float(reward), info
 
 
-def ego_expert(length: float, width: float) -> ExpertDriver:
-    """The built-in expert's rules sized to an ego of this length and width (m): its reading of what is in the
-    ego's way fills the observation's obstacle slot."""
+def ego_expert(actors: ActorStates) -> ExpertDriver:
+    """The built-in expert's rules sized to this ego (its hazard reading shapes the reward)."""
+    length, width = 2.0 * actors.vehicle_extent[0, :2]
     return ExpertDriver(vehicle=dataclasses.replace(VehicleConfig(), length=float(length), width=float(width)))
 
 

@@ -103,28 +103,6 @@ def light_features(layout: ObservationLayout, state: torch.Tensor, distance: tor
     return out
 
 
-def obstacle_features(layout: ObservationLayout, room: torch.Tensor, speed: torch.Tensor, pedestrian: torch.Tensor,
-                      out: torch.Tensor, far: float) -> torch.Tensor:
-    """Write the obstacle slot into ``out`` [B, 4] from ``ExpertDriver.obstacle_in_way``'s reading: room (m;
-    ``far`` where nothing is in the way) / distance_scale, speed along the route / speed_scale, pedestrian,
-    valid; all zero where nothing is in the way."""
-    shown = (room < far).float()
-    out[:, 0] = torch.where(room < far, room, 0.0) / layout.distance_scale
-    out[:, 1] = speed / layout.speed_scale * shown
-    out[:, 2] = pedestrian.float() * shown
-    out[:, 3] = shown
-    return out
-
-
-def obstacle_room(obs: torch.Tensor, layout: ObservationLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """The obstacle slot read back: metres [B] of room before the ego should stand behind what is in its way
-    (inf where nothing is), and that obstacle's speed along the route [B] (m/s)."""
-    slot = obs[:, layout.slices["obstacle"]]
-    valid = slot[:, 3] > 0.5
-    room = torch.where(valid, slot[:, 0] * layout.distance_scale, torch.full_like(slot[:, 0], float("inf")))
-    return room, slot[:, 1] * layout.speed_scale
-
-
 def red_stop_distance(obs: torch.Tensor, layout: ObservationLayout) -> torch.Tensor:
     """[B] metres from the ego's front bumper to the stop line of the red light its observation shows
     ahead; inf where none is shown."""

@@ -36,16 +36,9 @@ from envs.sim.bank import TownBank
 from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import SimConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
-from envs.sim.expert import FAR, ExpertDriver
+from envs.sim.expert import ExpertDriver
 from envs.sim.lights import RED, light_states
-from envs.sim.observation import (
-    actor_features,
-    build_observation,
-    light_features,
-    obstacle_features,
-    obstacle_room,
-    red_stop_distance,
-)
+from envs.sim.observation import actor_features, build_observation, light_features, red_stop_distance
 from envs.sim.ops import select, select_int
 from envs.sim.pedestrians import Pedestrians, spawn_pedestrian, walk
 from envs.sim.raster import RasterObserver
@@ -136,7 +129,7 @@ class DrivingSim:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("env.device is 'cuda' but torch sees no CUDA device; use env.device=cpu")
         self.layout = OBSERVATION_LAYOUT
-        self._hazards = ExpertDriver(vehicle=config.vehicle, layout=self.layout)  # fills the obstacle slot
+        self._hazards = ExpertDriver(vehicle=config.vehicle, layout=self.layout)  # obstacle shaping of the reward
         self.observation_size = self.layout.size
         self.bank = TownBank(town_factory(config), self.device)
         self.state = PackedState(*state_fields(config), self.num_worlds, self.device)
@@ -268,7 +261,7 @@ class DrivingSim:
         observation = self.observe()
         # Ended worlds were restored above; their reward is zeroed below, so the state is read as it now is.
         red_stop = red_stop_distance(observation, self.layout) if cfg.reward.stop_decel > 0 else None
-        obstacle = obstacle_room(observation, self.layout) if cfg.reward.obstacle_decel > 0 else None
+        obstacle = self._hazards.obstacle_in_way(observation)[:2] if cfg.reward.obstacle_decel > 0 else None
         reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop, obstacle)
         for name, happened in events.items():
             weight = cfg.reward.penalty(name)
@@ -497,9 +490,6 @@ class DrivingSim:
             state = self._light_states(s, light.gather(1, first).squeeze(1))
             light_features(layout, state, distance, found & (distance <= LIGHT_OBSERVATION_M),
                            obs[:, layout.slices["light"]])
-        if config.traffic.num_vehicles or config.pedestrians.num_pedestrians:
-            room, speed, pedestrian = self._hazards.obstacle_in_way(obs)
-            obstacle_features(layout, room, speed, pedestrian, obs[:, layout.slices["obstacle"]], FAR)
         return obs
 
     def observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:

@@ -72,7 +72,7 @@ def test_observation_layout_is_contiguous():
     ordered = list(slices.values())
     assert ordered[0].start == 0
     assert all(a.stop == b.start for a, b in zip(ordered[:-1], ordered[1:], strict=True))
-    assert OBSERVATION_LAYOUT.size == ordered[-1].stop == 8 + 20 + 72 + 20 + 5 + 4
+    assert OBSERVATION_LAYOUT.size == ordered[-1].stop == 8 + 20 + 72 + 20 + 5
 
 
 def test_concat_keeps_world_order_and_refuses_mixed_kinds():

@@ -223,7 +223,8 @@ def test_a_policy_decides_every_action_repeat_steps_in_evaluation():
 def test_a_checkpoint_from_before_held_actions_is_driven_every_step(tmp_path, monkeypatch):
     import grpo.evaluation as evaluation
 
-    policy = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,)))
+    # from before held actions and the obstacle inputs: no action_repeat or obstacle_features stored
+    policy = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,), obstacle_features=False))
     state = {"config": {"env": env_config_from_dict(STRAIGHT).to_flat_dict(), "policy": {"hidden_sizes": [16]},
                         "run_name": "x"},
              "policy": policy.state_dict(), "observation_size": OBSERVATION_LAYOUT.size, "iteration": 0}
@@ -235,6 +236,7 @@ def test_a_checkpoint_from_before_held_actions_is_driven_every_step(tmp_path, mo
 
     def recording(driver, *args, **kwargs):
         repeats.append(driver.action_repeat)
+        assert driver.obstacle_reader is None  # it reads the observation alone, as it was trained
         return real(driver, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "evaluate_policy", recording)

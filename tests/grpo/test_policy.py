@@ -103,6 +103,33 @@ def test_cnn_rejects_a_missing_or_misshapen_raster():
         policy(_obs(), torch.zeros(5, 3, 16, 16))
 
 
+def test_driving_policies_also_read_the_obstacle_in_the_way():
+    from envs.api import OBSERVATION_LAYOUT
+    from envs.sim.expert import ExpertDriver
+    from grpo.distributions import ActionMapping
+
+    layout = OBSERVATION_LAYOUT
+    obs = torch.zeros(2, layout.size)
+    obs[:, layout.slices["ego"].start] = 1.0  # 10 m/s on a straight route
+    obs[:, layout.slices["route"]] = torch.stack([torch.arange(1, 11) * 5.0 / 50, torch.zeros(10)], 1).reshape(-1)
+    vehicles = layout.slices["vehicles"].start
+    # world 1: a car 20 m ahead (centre to centre) driving at 2 m/s; world 0: an empty road
+    obs[1, vehicles:vehicles + 9] = torch.tensor([20.0 / 50, 0.0, 1.0, 0.0, 0.2, 0.0, 0.96, 0.38, 1.0])
+    policy = build_policy(layout.size, PolicyConfig(hidden_sizes=(16,), obstacle_features=True))
+    assert policy.input_size == layout.size + 4 and policy.trunk[0].in_features == layout.size + 4
+    inputs = policy.encode(obs)
+    assert torch.equal(inputs[:, :layout.size], obs) and (inputs[0, layout.size:] == 0).all()
+    room = 20.0 - 4.8 - ExpertDriver().config.vehicle_gap  # bumper to bumper, less the standstill gap
+    assert inputs[1, layout.size:].tolist() == pytest.approx([room / 50, 2.0 / 10, 0.0, 1.0], abs=1e-5)
+    torch.testing.assert_close(policy(obs).alpha, policy.distribution(inputs).alpha)  # forward = both steps
+    # off (the default), or observations that are not the driving layout (a gymnasium task): the observation alone
+    plain = build_policy(layout.size, PolicyConfig(hidden_sizes=(16,)))
+    assert plain.input_size == layout.size and torch.equal(plain.encode(obs), obs)
+    box = build_policy(3, PolicyConfig(hidden_sizes=(16,), action_repeat=1, obstacle_features=True),
+                       ActionMapping("box", (-1.0,), (1.0,)))
+    assert box.input_size == 3 and box.obstacle_reader is None
+
+
 def test_mlp_rejects_wrong_observation_size():
     policy = build_policy(OBS_SIZE, PolicyConfig(hidden_sizes=(8,)))
     with pytest.raises(ValueError, match=r"obs must have shape \[N, 12\]"):

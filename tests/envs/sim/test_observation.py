@@ -62,25 +62,6 @@ def test_pedestrian_slots(sim):
     assert (walkers[1:] == 0).all()
 
 
-def test_obstacle_slot_holds_the_nearest_actor_in_the_way(sim):
-    obstacle = LAYOUT.slices["obstacle"]
-    assert (sim.observe()[0, obstacle] == 0).all()  # an empty road: nothing in the way, all zero
-    lane, s = ahead_on_ego_lane(sim, 25.0)
-    sim.place_vehicle(0, 0, lane, s, speed=4.0)
-    other_lane = 1 - ahead_on_ego_lane(sim, 0.0)[0]
-    sim.place_vehicle(0, 1, other_lane, 600.0 - s, speed=4.0)  # beside it, oncoming: not in the way
-    room, speed, pedestrian, valid = sim.observe()[0, obstacle].tolist()
-    # centre to centre 25 m; less half of each 4.8 m car and the 3 m standstill gap
-    assert room * LAYOUT.distance_scale == pytest.approx(25.0 - 4.8 - 3.0, abs=0.05)
-    assert speed * LAYOUT.speed_scale == pytest.approx(4.0, abs=1e-3) and (pedestrian, valid) == (0.0, 1.0)
-    x, y, yaw = (float(v[0]) for v in (sim.state.x, sim.state.y, sim.state.yaw))
-    at = (x + 10.0 * math.cos(yaw), y + 10.0 * math.sin(yaw))  # a pedestrian standing on the lane 10 m ahead
-    sim.place_pedestrian(0, 0, at[0], at[1], 0.0, 0.0, walk_s=5.0)
-    room, speed, pedestrian, valid = sim.observe()[0, obstacle].tolist()
-    assert room * LAYOUT.distance_scale == pytest.approx(10.0 - 2.4 - 4.0, abs=0.05)
-    assert (speed, pedestrian, valid) == (0.0, 1.0, 1.0)
-
-
 def test_no_light_on_a_road_without_junctions(sim):
     light = sim.observe()[0, LAYOUT.slices["light"]]
     assert (light == 0).all()
