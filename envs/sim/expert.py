@@ -131,10 +131,11 @@ class ExpertDriver:
         return torch.stack([throttle, brake, steer], 1)
 
     def obstacle_in_way(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What the observation's ``obstacle`` slot holds: metres [B] from the ego's front bumper to where it
-        should stand behind the nearest vehicle or pedestrian in its way (the gap less the expert's standstill
-        gap; may be negative; ``FAR`` when none), that obstacle's speed along the path [B] (m/s; 0 for
-        pedestrians and when none), and whether it is a pedestrian [B] bool."""
+        """The nearest vehicle or pedestrian in the ego's way (the obstacle shaping of the reward and the
+        policy's optional obstacle inputs read it): metres [B] from the ego's front bumper to where it
+        should stand behind it (the gap less the expert's standstill gap; may be negative; ``FAR`` when
+        none), its speed along the path [B] (m/s; 0 for pedestrians and when none), and whether it is a
+        pedestrian [B] bool."""
         speed = obs[:, self.layout.slices["ego"].start] * self.layout.speed_scale
         path, segment, _, seg_length, cumulative = self._path(obs)
         gap, lead_speed, min_gap, pedestrian = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
