@@ -8,18 +8,27 @@ reason). Cloning :class:`~envs.sim.expert.ExpertDriver` (it reads only the obser
 driving backend) puts such behaviour in the policy first, and GRPO goes on from there; the frozen reference
 policy is then the cloned one, so ``grpo.beta > 0`` keeps GRPO near it.
 
-Off by default: measured on the busy world with the reward of the time (red light 5, no slow-down shaping,
-a fresh action every step; README, "Learning benchmark"), the cloned policy scored 35-43 after about a
-minute, but GRPO then traded its caution for speed and fell to about 24 within minutes, even with a KL
-penalty. It has not been measured with today's defaults.
+Off by default (``experiment=warm_start`` turns it on with the GRPO settings it needs). Measured on the
+busy world (README, "Learning benchmark"): the DAgger clone scores 40-60 after 2-3 minutes depending on the
+seed, but GRPO then trades its caution for speed within minutes, even at a learning rate of 1e-5: a 10 s
+branch pays for the extra metres and rarely sees the crash they lead to. The reward's obstacle shaping
+(``env.reward.obstacle_decel``) and a KL penalty to the clone (``grpo.beta``) hold it; the shaping costs the
+simulator about half its throughput at 4,096 worlds, which is why it is not the default yet.
 
 Demonstrations follow DART (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"):
 the worlds are driven by the expert's controls plus Gaussian noise, and labelled with the expert's clean
 controls, so the states include the small mistakes the learner will make and how to recover from them.
+
+Then DAgger (Ross et al. 2011, "A Reduction of Imitation Learning and Structured Prediction to No-Regret
+Online Learning"): ``dagger_rounds`` times the clone drives the worlds itself, with its own sampled and held
+actions as GRPO will drive them, the expert labels every state it visited, and the clone is fitted again on
+all the data so far. A clone of the expert's demonstrations alone drifts into states the expert never shows
+(compounding errors); the rounds teach it what the expert would do there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +37,9 @@ from torch import Tensor, nn
 from envs.api import Backend
 from envs.sim.expert import ExpertDriver
 from grpo.distributions import raw_to_control
+from grpo.policy import CNNPolicy, HeldActions, MLPPolicy
+
+HeldPolicy = MLPPolicy | CNNPolicy
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,9 @@ class PretrainConfig:
     demo_steps: int = 1500  # steps the expert drives every world of the backend (x num_worlds samples)
     noise: float = 0.1  # std of the Gaussian noise added to the expert's raw actions while driving (DART)
     updates: int = 0  # Adam steps of maximum likelihood on the demonstrations (0 = no warm start, the default)
+    dagger_rounds: int = 6  # rounds of: the clone drives, the expert labels what it saw, the clone is refitted
+    dagger_steps: int = 400  # steps the clone drives every world in each round
+    dagger_updates: int = 2000  # Adam steps of each round's refit on all the data so far
     batch_size: int = 1024
     learning_rate: float = 1e-3
     label_margin: float = 0.02  # labels are kept in [margin, 1 - margin]: full brake is not a Beta edge
@@ -47,6 +62,10 @@ class PretrainConfig:
             raise ValueError("pretrain.demo_steps and pretrain.batch_size must be >= 1, pretrain.updates >= 0 and "
                              f"pretrain.learning_rate > 0; got {self.demo_steps}, {self.batch_size}, {self.updates}, "
                              f"{self.learning_rate}")
+        if self.dagger_rounds < 0 or self.dagger_steps < 1 or self.dagger_updates < 1:
+            raise ValueError("pretrain.dagger_rounds must be >= 0 (0 = demonstrations only), dagger_steps and "
+                             f"dagger_updates >= 1; got {self.dagger_rounds}, {self.dagger_steps}, "
+                             f"{self.dagger_updates}")
         if not (self.noise >= 0 and 0 < self.label_margin < 0.5):
             raise ValueError(f"pretrain.noise must be >= 0 and label_margin in (0, 0.5); got {self.noise}, "
                              f"{self.label_margin}")
@@ -59,44 +78,100 @@ def control_to_raw(control: Tensor) -> Tensor:
     return torch.stack([(acceleration + 1.0) / 2.0, (control[:, 2] + 1.0) / 2.0], dim=-1).clamp(0.0, 1.0)
 
 
+def warm_start(policy: HeldPolicy, backend: Backend, config: PretrainConfig, seeds: Iterable[int],
+               generator: torch.Generator, report: Callable[[str], None] = print) -> dict[str, float]:
+    """Clone the expert into ``policy``: DART demonstrations, a fit, then ``config.dagger_rounds`` DAgger
+    rounds on the states the clone itself visits. Episodes use the seeds of ``seeds`` in turn. Returns the
+    last fit's metrics (grpo/pretrain.py's module docstring says why both steps)."""
+    expert = ExpertDriver()
+    seeds = iter(seeds)
+    observations, labels = collect_demonstrations(backend, expert, config.demo_steps, seeds, config.noise, generator)
+    metrics = behaviour_cloning(policy, observations, labels, config, generator)
+    report(f"pretrain: fitted {len(labels):,} demonstrations (mode error {metrics['pretrain/mode_error']:.3f})")
+    for round_ in range(1, config.dagger_rounds + 1):
+        visited = drive_policy(backend, policy, config.dagger_steps, seeds, generator)
+        observations = torch.cat([observations, visited])
+        labels = torch.cat([labels, expert_labels(expert, visited)])
+        metrics = behaviour_cloning(policy, observations, labels, config, generator, updates=config.dagger_updates)
+        report(f"pretrain: DAgger round {round_}/{config.dagger_rounds}, {len(labels):,} samples "
+               f"(mode error {metrics['pretrain/mode_error']:.3f})")
+    metrics["pretrain/updates"] = float(config.updates + config.dagger_rounds * config.dagger_updates)
+    metrics["pretrain/dagger_rounds"] = float(config.dagger_rounds)
+    return metrics
+
+
+def expert_labels(expert: ExpertDriver, observations: Tensor) -> Tensor:
+    """The expert's clean raw actions [M, 2] for observations [M, obs]."""
+    return control_to_raw(expert.act(observations))
+
+
 @torch.no_grad()
-def collect_demonstrations(backend: Backend, expert: ExpertDriver, steps: int, seeds: list[int], noise: float,
+def collect_demonstrations(backend: Backend, expert: ExpertDriver, steps: int, seeds: Iterable[int], noise: float,
                            generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Drive every world of ``backend`` for ``steps`` steps with the expert's controls plus noise; worlds
-    whose episode ends start the next seed of ``seeds`` (reset per world). Returns observations [M, obs] and
-    the expert's clean raw actions [M, 2] of the live steps."""
-    worlds = torch.arange(backend.num_worlds)
+    """Drive every world of ``backend`` for ``steps`` steps with the expert's controls plus noise; every
+    episode (the first ones and those that start when one ends) takes the next seed of ``seeds``. Returns
+    observations [M, obs] and the expert's clean raw actions [M, 2] of the live steps."""
     next_seed = iter(seeds)
+    worlds = torch.arange(backend.num_worlds)
     obs = backend.reset([next(next_seed) for _ in worlds], worlds)
     observations, labels = [], []
     for _ in range(steps):
         obs = obs.cpu()
-        clean = control_to_raw(expert.act(obs))
+        clean = expert_labels(expert, obs)
         observations.append(obs)
         labels.append(clean)
         noisy = (clean + noise * torch.randn(clean.shape, generator=generator)).clamp(0.0, 1.0)
-        result = backend.step(raw_to_control(noisy).to(backend.device))
-        obs = result.observation
-        ended = (result.terminated | result.truncated).cpu().nonzero().flatten()
-        if len(ended):
-            fresh = backend.reset([next(next_seed) for _ in ended], ended)
-            obs = obs.cpu().clone()
-            obs[ended] = fresh.cpu()
+        obs = _step(backend, raw_to_control(noisy), next_seed)
     return torch.cat(observations), torch.cat(labels)
 
 
+@torch.no_grad()
+def drive_policy(backend: Backend, policy: HeldPolicy, steps: int, seeds: Iterable[int],
+                 generator: torch.Generator) -> Tensor:
+    """Drive every world of ``backend`` for ``steps`` steps with the policy's sampled actions, held for its
+    ``action_repeat`` steps as in training (a world whose episode restarts finishes the held steps it was in);
+    episodes take the seeds of ``seeds`` in turn. Returns the observations [M, obs] it saw."""
+    next_seed = iter(seeds)
+    worlds = torch.arange(backend.num_worlds)
+    obs = backend.reset([next(next_seed) for _ in worlds], worlds)
+    device = next(policy.parameters()).device
+    sampler = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(
+        int(torch.randint(2**62, (1,), generator=generator)))  # sampling on the policy's device
+    driver, observations = HeldActions(policy), []
+    policy.eval()
+    for step in range(steps):
+        obs = obs.cpu()
+        observations.append(obs)
+        _, control, _ = driver.act(obs.to(device), step, generator=sampler)
+        obs = _step(backend, control, next_seed)
+    return torch.cat(observations)
+
+
+def _step(backend: Backend, control: Tensor, next_seed: Iterator[int]) -> Tensor:
+    """One step of every world; worlds whose episode ended start the next seed. The observations [N, obs]."""
+    result = backend.step(control.to(backend.device))
+    obs = result.observation
+    ended = (result.terminated | result.truncated).cpu().nonzero().flatten()
+    if len(ended):
+        fresh = backend.reset([next(next_seed) for _ in ended], ended)
+        obs = obs.cpu().clone()
+        obs[ended] = fresh.cpu()
+    return obs
+
+
 def behaviour_cloning(policy: nn.Module, observations: Tensor, labels: Tensor, config: PretrainConfig,
-                      generator: torch.Generator) -> dict[str, float]:
-    """Maximum likelihood of the labels under the policy's Beta distribution, with Adam; returns the final
-    ``pretrain/nll`` (mean over the last 10% of updates) and ``pretrain/mode_error`` (mean absolute error
-    of the deterministic action on all samples)."""
+                      generator: torch.Generator, updates: int | None = None) -> dict[str, float]:
+    """Maximum likelihood of the labels under the policy's Beta distribution, with Adam, for ``updates``
+    steps (``config.updates`` by default); returns the final ``pretrain/nll`` (mean over the last 10% of
+    updates) and ``pretrain/mode_error`` (mean absolute error of the deterministic action on all samples)."""
+    updates = config.updates if updates is None else updates
     device = next(policy.parameters()).device
     labels = labels.clamp(config.label_margin, 1 - config.label_margin).to(device)
     observations = observations.to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     policy.train()
     losses = []
-    for _ in range(config.updates):
+    for _ in range(updates):
         index = torch.randint(0, len(labels), (config.batch_size,), generator=generator).to(device)
         loss = -policy(observations[index]).log_prob(labels[index]).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -110,4 +185,4 @@ def behaviour_cloning(policy: nn.Module, observations: Tensor, labels: Tensor, c
                            for chunk, target in zip(observations.split(8192), labels.split(8192), strict=True)])
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {"pretrain/nll": sum(tail) / len(tail), "pretrain/mode_error": error.mean().item(),
-            "pretrain/samples": float(len(labels)), "pretrain/updates": float(config.updates)}
+            "pretrain/samples": float(len(labels)), "pretrain/updates": float(updates)}

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from envs.factory import build_backend
 from envs.sim import rng
-from envs.sim.expert import ExpertDriver
 from grpo.advantages import group_advantages
 from grpo.checkpoint import (
     CheckpointError,
@@ -37,7 +36,7 @@ from grpo.distributions import action_mapping_for
 from grpo.evaluation import evaluate_policy
 from grpo.loss import grpo_loss
 from grpo.policy import build_policy, decision_steps
-from grpo.pretrain import behaviour_cloning, collect_demonstrations
+from grpo.pretrain import warm_start
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
 
@@ -144,15 +143,15 @@ class Trainer:
             return {}
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.config.seed + 3)
-        seeds = rng.mix(self.config.seed, torch.arange(100_000), 0xB0C).tolist()
-        observations, labels = collect_demonstrations(self.backend, ExpertDriver(), config.demo_steps, seeds,
-                                                      config.noise, generator)
-        metrics = behaviour_cloning(self.policy, observations, labels, config, generator)
+        seeds = rng.mix(self.config.seed, torch.arange(1_000_000), 0xB0C).tolist()
+        metrics = warm_start(self.policy, self.backend, config, seeds, generator,
+                             report=lambda line: print(line, flush=True))
         if self.reference is not None:
             self.reference.load_state_dict(self.policy.state_dict())
         metrics["time/pretrain_s"] = time.perf_counter() - start
-        print(f"pretrain: cloned the expert on {len(labels):,} samples in {metrics['time/pretrain_s']:.0f} s "
-              f"(nll {metrics['pretrain/nll']:.2f}, mode error {metrics['pretrain/mode_error']:.3f})", flush=True)
+        print(f"pretrain: cloned the expert on {metrics['pretrain/samples']:,.0f} samples in "
+              f"{metrics['time/pretrain_s']:.0f} s (nll {metrics['pretrain/nll']:.2f}, "
+              f"mode error {metrics['pretrain/mode_error']:.3f})", flush=True)
         return metrics
 
     def finish(self) -> None:

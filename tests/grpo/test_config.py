@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from envs.typed_config import ConfigError, to_dict
 from grpo.config import (
@@ -15,6 +17,7 @@ from grpo.config import (
     train_config_from_dict,
 )
 from grpo.policy import PolicyConfig
+from grpo.pretrain import PretrainConfig
 
 CONF = Path(__file__).parents[2] / "conf"
 
@@ -69,6 +72,7 @@ def test_top_level_yaml_sections_match():
     data = _yaml(CONF / "config.yaml")
     assert data["eval"] == to_dict(EvalConfig())
     assert data["checkpoint"] == to_dict(CheckpointConfig())
+    assert data["pretrain"] == to_dict(PretrainConfig())
     defaults = TrainConfig()
     assert (data["seed"], data["device"], data["resume"], data["deterministic"]) == (
         defaults.seed, defaults.device, defaults.resume, defaults.deterministic)
@@ -78,3 +82,15 @@ def test_top_level_yaml_sections_match():
 def test_presets_are_valid(preset):
     data = {**_yaml(CONF / "grpo" / "grpo.yaml"), **_yaml(CONF / "grpo" / f"{preset}.yaml")}
     GRPOConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def test_warm_start_experiment_composes_into_a_valid_run():
+    # The recipe of README "Warm start": clone first, then GRPO held near the clone by the KL and the shaping.
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose(config_name="config", overrides=["experiment=warm_start", "run_name=t"])
+    data = OmegaConf.to_container(composed, resolve=True)
+    config = train_config_from_dict(data)
+    assert config.pretrain.updates == 4000 and config.pretrain.dagger_rounds == 6
+    assert (config.grpo.learning_rate, config.grpo.beta) == (1e-4, 0.2)
+    assert config.env.backend_config.reward.obstacle_decel == 3.0
+    assert config.grpo.group_size == GRPOConfig().group_size  # everything else stays the default
