@@ -28,7 +28,7 @@ all the data so far. A clone of the expert's demonstrations alone drifts into st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +38,6 @@ from envs.api import Backend
 from envs.sim.expert import ExpertDriver
 from grpo.distributions import raw_to_control
 from grpo.policy import CNNPolicy, HeldActions, MLPPolicy
-
-HeldPolicy = MLPPolicy | CNNPolicy
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def control_to_raw(control: Tensor) -> Tensor:
     return torch.stack([(acceleration + 1.0) / 2.0, (control[:, 2] + 1.0) / 2.0], dim=-1).clamp(0.0, 1.0)
 
 
-def warm_start(policy: HeldPolicy, backend: Backend, config: PretrainConfig, seeds: Iterable[int],
+def warm_start(policy: MLPPolicy | CNNPolicy, backend: Backend, config: PretrainConfig, seeds: Iterable[int],
                generator: torch.Generator, report: Callable[[str], None] = print) -> dict[str, float]:
     """Clone the expert into ``policy``: DART demonstrations, a fit, then ``config.dagger_rounds`` DAgger
     rounds on the states the clone itself visits. Episodes use the seeds of ``seeds`` in turn. Returns the
@@ -111,52 +109,49 @@ def collect_demonstrations(backend: Backend, expert: ExpertDriver, steps: int, s
     """Drive every world of ``backend`` for ``steps`` steps with the expert's controls plus noise; every
     episode (the first ones and those that start when one ends) takes the next seed of ``seeds``. Returns
     observations [M, obs] and the expert's clean raw actions [M, 2] of the live steps."""
-    next_seed = iter(seeds)
-    worlds = torch.arange(backend.num_worlds)
-    obs = backend.reset([next(next_seed) for _ in worlds], worlds)
-    observations, labels = [], []
-    for _ in range(steps):
-        obs = obs.cpu()
+    labels = []
+
+    def noisy_expert(obs: Tensor, step: int) -> Tensor:
         clean = expert_labels(expert, obs)
-        observations.append(obs)
         labels.append(clean)
-        noisy = (clean + noise * torch.randn(clean.shape, generator=generator)).clamp(0.0, 1.0)
-        obs = _step(backend, raw_to_control(noisy), next_seed)
-    return torch.cat(observations), torch.cat(labels)
+        return raw_to_control((clean + noise * torch.randn(clean.shape, generator=generator)).clamp(0.0, 1.0))
+
+    observations = _drive(backend, steps, seeds, noisy_expert)
+    return observations, torch.cat(labels)
 
 
 @torch.no_grad()
-def drive_policy(backend: Backend, policy: HeldPolicy, steps: int, seeds: Iterable[int],
+def drive_policy(backend: Backend, policy: MLPPolicy | CNNPolicy, steps: int, seeds: Iterable[int],
                  generator: torch.Generator) -> Tensor:
     """Drive every world of ``backend`` for ``steps`` steps with the policy's sampled actions, held for its
     ``action_repeat`` steps as in training (a world whose episode restarts finishes the held steps it was in);
     episodes take the seeds of ``seeds`` in turn. Returns the observations [M, obs] it saw."""
-    next_seed = iter(seeds)
-    worlds = torch.arange(backend.num_worlds)
-    obs = backend.reset([next(next_seed) for _ in worlds], worlds)
     device = next(policy.parameters()).device
     sampler = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(
         int(torch.randint(2**62, (1,), generator=generator)))  # sampling on the policy's device
-    driver, observations = HeldActions(policy), []
+    driver = HeldActions(policy)
     policy.eval()
+    return _drive(backend, steps, seeds, lambda obs, step: driver.act(obs.to(device), step, generator=sampler)[1])
+
+
+def _drive(backend: Backend, steps: int, seeds: Iterable[int], act: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """Drive every world of ``backend`` for ``steps`` steps with ``act(obs [N, obs] on the CPU, step) ->
+    controls``; every episode takes the next seed of ``seeds``. Returns the observations [steps * N, obs]."""
+    next_seed = iter(seeds)
+    worlds = torch.arange(backend.num_worlds)
+    obs = backend.reset([next(next_seed) for _ in worlds], worlds)
+    observations = []
     for step in range(steps):
         obs = obs.cpu()
         observations.append(obs)
-        _, control, _ = driver.act(obs.to(device), step, generator=sampler)
-        obs = _step(backend, control, next_seed)
+        result = backend.step(act(obs, step).to(backend.device))
+        obs = result.observation
+        ended = (result.terminated | result.truncated).cpu().nonzero().flatten()
+        if len(ended):
+            fresh = backend.reset([next(next_seed) for _ in ended], ended)
+            obs = obs.cpu().clone()
+            obs[ended] = fresh.cpu()
     return torch.cat(observations)
-
-
-def _step(backend: Backend, control: Tensor, next_seed: Iterator[int]) -> Tensor:
-    """One step of every world; worlds whose episode ended start the next seed. The observations [N, obs]."""
-    result = backend.step(control.to(backend.device))
-    obs = result.observation
-    ended = (result.terminated | result.truncated).cpu().nonzero().flatten()
-    if len(ended):
-        fresh = backend.reset([next(next_seed) for _ in ended], ended)
-        obs = obs.cpu().clone()
-        obs[ended] = fresh.cpu()
-    return obs
 
 
 def behaviour_cloning(policy: nn.Module, observations: Tensor, labels: Tensor, config: PretrainConfig,
