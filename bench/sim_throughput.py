@@ -3,6 +3,7 @@
     python bench/sim_throughput.py                        # CPU, the default busy world, B in 1 64 1024 4096 8192
     python bench/sim_throughput.py --device cuda --batch-sizes 1024 4096 16384 65536
     python bench/sim_throughput.py --world empty          # no traffic, pedestrians or lights (the old road-only world)
+    python bench/sim_throughput.py --world busy-unshaped  # the busy world without the reward's obstacle shaping
     python bench/sim_throughput.py --raster               # also time the bird's-eye raster observation
 
 Runs from the repository root with ``PYTHONPATH=.`` and needs only torch (highway-env and gymnasium are
@@ -12,7 +13,8 @@ actions on the same machine and prints the ratio, both per step and per simulate
 step covers 1 / policy_frequency seconds, ours ``dt``).
 
 The **busy** world is the default configuration (conf/env/sim.yaml): 10 traffic vehicles, 4 pedestrian
-slots and traffic lights per world. Throughput is given from the mean step time (the world spawns on every
+slots and traffic lights per world, and the reward's obstacle shaping (``reward.obstacle_decel``), which reads
+the expert's obstacle in the way every step. Throughput is given from the mean step time (the world spawns on every
 5th of its steps, so steps differ) and from the median (robust to a step preempted by another process);
 both are stored. The ego is driven by the rule-based expert, computed outside the timed region, so the
 worlds drive realistically; worlds that end are reset between timed steps (reset cost is reported
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
+from envs.sim.config import LightConfig, PedestrianConfig, RewardConfig, SimConfig, TrafficConfig
 from envs.sim.expert import ExpertDriver
 from envs.sim.world import DrivingSim
 
@@ -58,6 +60,8 @@ WORLDS = {
     "busy": {},
     "empty": {"traffic": TrafficConfig(num_vehicles=0), "pedestrians": PedestrianConfig(num_pedestrians=0),
               "lights": LightConfig(enabled=False)},
+    # the busy world without the reward's obstacle shaping (env.reward.obstacle_decel=0), to show its cost
+    "busy-unshaped": {"reward": RewardConfig(obstacle_decel=0.0)},
 }
 
 

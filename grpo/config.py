@@ -20,8 +20,9 @@ from grpo.pretrain import PretrainConfig
 class GRPOConfig:
     """The GRPO algorithm: branching, advantages, loss and optimisation.
 
-    Defaults follow DeepSeekMath GRPO (group normalisation, clip 0.2, per-step ratio) with beta = 0 as in
-    DAPO and Dr. GRPO; ``conf/grpo/{grpo,dr_grpo,dapo}.yaml`` are the named presets.
+    Defaults follow DeepSeekMath GRPO (group normalisation, clip 0.2, per-step ratio, a KL penalty to the
+    reference), with the KL (0.2) and learning rate (1e-4) that fine-tune the warm start's clone of the expert
+    without losing it; ``conf/grpo/{grpo,dr_grpo,dapo}.yaml`` are the named presets.
     """
 
     iterations: int = 2000  # training iterations (one rollout + one update each)
@@ -39,14 +40,14 @@ class GRPOConfig:
     std_floor: float = 1e-6  # lower bound of the std used for scaling
     num_epochs: int = 2  # mu: passes over each iteration's samples
     num_minibatches: int = 4  # minibatches per pass; they hold whole branches
-    learning_rate: float = 3e-4  # Adam
+    learning_rate: float = 1e-4  # Adam
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # decay over ``iterations``
     warmup_iterations: int = 0  # linear learning-rate warm-up
     adam_eps: float = 1e-5  # as in CleanRL's PPO
     max_grad_norm: float = 1.0  # global gradient-norm clip
     clip_low: float = 0.2  # ratio clipped below at 1 - clip_low
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high (DAPO's clip-higher: 0.28)
-    beta: float = 0.0  # KL-to-reference coefficient (DeepSeekMath: 0.04; DAPO / Dr. GRPO: 0)
+    beta: float = 0.2  # KL-to-reference coefficient: to the clone of the expert (DeepSeekMath: 0.04; DAPO: 0)
     kl_estimator: KLEstimator = "k3"  # k3 sample estimator, or the analytic Beta KL
     entropy_coef: float = 0.0  # entropy bonus weight
     aggregation: Aggregation = "step_mean"  # step_mean (DAPO token-mean), branch_mean (GRPO), dr_grpo

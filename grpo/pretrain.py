@@ -8,12 +8,12 @@ reason). Cloning :class:`~envs.sim.expert.ExpertDriver` (it reads only the obser
 driving backend) puts such behaviour in the policy first, and GRPO goes on from there; the frozen reference
 policy is then the cloned one, so ``grpo.beta > 0`` keeps GRPO near it.
 
-Off by default (``experiment=warm_start`` turns it on with the GRPO settings it needs). Measured on the
-busy world (README, "Learning benchmark"): the DAgger clone scores 40-60 after 2-3 minutes depending on the
-seed, but GRPO then trades its caution for speed within minutes, even at a learning rate of 1e-5: a 10 s
-branch pays for the extra metres and rarely sees the crash they lead to. The reward's obstacle shaping
-(``env.reward.obstacle_decel``) and a KL penalty to the clone (``grpo.beta``) hold it; the shaping costs the
-simulator about half its throughput at 4,096 worlds, which is why it is not the default yet.
+On by default, with the GRPO settings it needs (``pretrain.updates=0`` or ``experiment=from_scratch`` turns
+it off). Measured on the busy world (README, "Learning benchmark"): the DAgger clone scores 55-65 after 2-3
+minutes, but alone GRPO then trades its caution for speed within minutes, even at a learning rate of 1e-5:
+a 10 s branch pays for the extra metres and rarely sees the crash they lead to. The reward's obstacle
+shaping (``env.reward.obstacle_decel``) and a KL penalty to the clone (``grpo.beta``) hold it, and GRPO
+then improves on the clone.
 
 Demonstrations follow DART (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"):
 the worlds are driven by the expert's controls plus Gaussian noise, and labelled with the expert's clean
@@ -47,7 +47,7 @@ class PretrainConfig:
 
     demo_steps: int = 1500  # steps the expert drives every world of the backend (x num_worlds samples)
     noise: float = 0.1  # std of the Gaussian noise added to the expert's raw actions while driving (DART)
-    updates: int = 0  # Adam steps of maximum likelihood on the demonstrations (0 = no warm start, the default)
+    updates: int = 4000  # Adam steps of maximum likelihood on the demonstrations (0 = no warm start)
     dagger_rounds: int = 6  # rounds of: the clone drives, the expert labels what it saw, the clone is refitted
     dagger_steps: int = 400  # steps the clone drives every world in each round
     dagger_updates: int = 2000  # Adam steps of each round's refit on all the data so far

@@ -139,7 +139,10 @@ class Trainer:
         if config.updates == 0:
             return {}
         if self.policy.actions.kind != "driving" or self.policy.uses_raster:
-            print("pretrain: skipped (the expert drives only the vector observation of a driving backend)")
+            anchored = self.reference is not None and self.config.grpo.beta > 0
+            anchor = (f"; grpo.beta={self.config.grpo.beta} holds GRPO near the random initial policy (set "
+                      "grpo.beta=0 to free it)" if anchored else "")
+            print(f"pretrain: skipped (the expert drives only the vector observation of a driving backend){anchor}")
             return {}
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.config.seed + 3)

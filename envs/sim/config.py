@@ -63,7 +63,7 @@ class RewardConfig:
     speed_limit: float = 0.0  # m/s; progress faster than this earns nothing more (0: no limit)
     stop_decel: float = 3.0  # m/s^2; > 0: before a red light the limit falls to what can stop 1 m short of
     # its line braking this hard, sqrt(2 * stop_decel * (distance - 1)) (0: off)
-    obstacle_decel: float = 0.0  # m/s^2; > 0: behind a vehicle or pedestrian in the way the limit falls to the
+    obstacle_decel: float = 3.0  # m/s^2; > 0: behind a vehicle or pedestrian in the way the limit falls to the
     # speed that can still stop short of it braking this hard, sqrt(v_lead^2 + 2 * obstacle_decel * room) (0: off)
     overspeed_per_ms: float = 0.1  # penalty per m/s above the limit, per step
 

@@ -271,24 +271,28 @@ def _point_at(path: torch.Tensor, cumulative: torch.Tensor, distance: torch.Tens
 def _project(points: torch.Tensor, path: torch.Tensor, segment: torch.Tensor, seg_length: torch.Tensor,
              cumulative: torch.Tensor):
     """Arc length along the path, signed lateral offset (+ left) and the path's unit tangent there, for
-    points [B, K, 2] projected onto their nearest path segment. (In x and y components: [B, K, S] tensors,
-    no reductions over a size-2 dimension, which cost more than the arithmetic at these sizes.)"""
-    ux, uy = (segment[..., 0] / seg_length)[:, None], (segment[..., 1] / seg_length)[:, None]  # [B, 1, S]
-    px, py = points[..., 0:1], points[..., 1:2]  # [B, K, 1]
-    sx, sy = path[:, None, :-1, 0], path[:, None, :-1, 1]  # [B, 1, S]: each segment's start
-    dx, dy = px - sx, py - sy  # [B, K, S]
-    t = torch.minimum(dx * ux + dy * uy, seg_length[:, None])
-    first = torch.arange(t.shape[-1], device=t.device) == 0
-    t = torch.where(first, t, t.clamp(min=0))  # metres along each segment; the first extends backwards
-    ex, ey = px - (sx + ux * t), py - (sy + uy * t)  # to the closest point of each segment
-    distance = torch.where((seg_length > 0.01)[:, None, :], ex * ex + ey * ey, FAR)  # no repeated end points
-    nearest = distance.argmin(-1, keepdim=True)  # [B, K, 1]
+    points [B, K, 2] projected onto their nearest path segment (the first segment extends backwards; the
+    offset is from that segment's line).
 
-    def at_nearest(values: torch.Tensor) -> torch.Tensor:
-        return values.expand_as(t).gather(-1, nearest).squeeze(-1)
-
-    along = at_nearest(cumulative[:, None, :-1]) + at_nearest(t)
-    along = torch.where(at_nearest(distance) < FAR, along, FAR)  # no real segment left
-    tx, ty = at_nearest(ux), at_nearest(uy)
-    lateral = tx * at_nearest(dy) - ty * at_nearest(dx)
-    return along, lateral, torch.stack([tx, ty], -1)
+    Each point's metres along and across every segment come from one batched matrix product of its
+    homogeneous coordinates with per-segment rows [B, 2S, 3], laid out [B, S, K] so the nearest-segment
+    search reduces over a non-innermost dimension: about three times faster on CPU than the same arithmetic
+    broadcast to [B, K, S]. (It is float32 arithmetic: leave TF32 matmuls off on a GPU, as torch does.)"""
+    ux, uy = segment[..., 0] / seg_length, segment[..., 1] / seg_length  # [B, S] unit directions
+    sx, sy = path[:, :-1, 0], path[:, :-1, 1]  # each segment's start
+    num_segments = segment.shape[1]
+    rows = torch.stack([torch.stack([ux, uy, -(ux * sx + uy * sy)], -1),  # metres along, from the start
+                        torch.stack([-uy, ux, uy * sx - ux * sy], -1)], 1).flatten(1, 2)  # metres to the left
+    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [B, K, 3]
+    along_line, across = torch.bmm(rows, homogeneous.transpose(1, 2)).split(num_segments, 1)  # [B, S, K] each
+    lowest = torch.zeros_like(seg_length)
+    lowest[:, 0] = -FAR  # the first segment extends backwards
+    t = torch.minimum(torch.maximum(along_line, lowest[..., None]), seg_length[..., None])  # along each segment
+    beyond = along_line - t
+    repeated = torch.where(seg_length > 0.01, 0.0, FAR)[..., None]  # repeated end points are not segments
+    distance, nearest = (torch.addcmul(beyond * beyond, across, across) + repeated).min(1, keepdim=True)
+    along = cumulative[:, :-1, None].expand_as(t).gather(1, nearest) + t.gather(1, nearest)
+    along = torch.where(distance < FAR, along, FAR).squeeze(1)  # no real segment left
+    lateral = across.gather(1, nearest).squeeze(1)
+    nearest = nearest.squeeze(1)
+    return along, lateral, torch.stack([ux.gather(1, nearest), uy.gather(1, nearest)], -1)

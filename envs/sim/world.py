@@ -261,7 +261,9 @@ class DrivingSim:
         observation = self.observe()
         # Ended worlds were restored above; their reward is zeroed below, so the state is read as it now is.
         red_stop = red_stop_distance(observation, self.layout) if cfg.reward.stop_decel > 0 else None
-        obstacle = self._hazards.obstacle_in_way(observation)[:2] if cfg.reward.obstacle_decel > 0 else None
+        # (a world without traffic or pedestrians has no obstacles: the shaping is skipped, to the same reward)
+        shaped = cfg.reward.obstacle_decel > 0 and (cfg.traffic.num_vehicles > 0 or cfg.pedestrians.num_pedestrians > 0)
+        obstacle = self._hazards.obstacle_in_way(observation)[:2] if shaped else None
         reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop, obstacle)
         for name, happened in events.items():
             weight = cfg.reward.penalty(name)

@@ -310,8 +310,9 @@ def pendulum_train_config(tmp_path, **grpo):
 
     return train_config_from_dict({
         "run_name": "gym", "seed": 1, "env": {"backend": "gym", "id": "Pendulum-v1"},
+        # no warm start without an expert, so no KL to the random initial policy either
         "grpo": {"iterations": 3, "num_trunks": 2, "group_size": 4, "branch_horizon": 20, "num_minibatches": 2,
-                 **grpo},
+                 "beta": 0.0, **grpo},
         "policy": {"hidden_sizes": [32, 32], "action_repeat": 1}, "eval": {"every": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1000},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},

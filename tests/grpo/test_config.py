@@ -84,13 +84,23 @@ def test_presets_are_valid(preset):
     GRPOConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def test_warm_start_experiment_composes_into_a_valid_run():
-    # The recipe of README "Warm start": clone first, then GRPO held near the clone by the KL and the shaping.
+def _composed(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        composed = compose(config_name="config", overrides=["experiment=warm_start", "run_name=t"])
-    data = OmegaConf.to_container(composed, resolve=True)
-    config = train_config_from_dict(data)
+        composed = compose(config_name="config", overrides=[*overrides, "run_name=t"])
+    return train_config_from_dict(OmegaConf.to_container(composed, resolve=True))
+
+
+def test_the_default_run_is_the_warm_start_recipe():
+    # README "Warm start": clone first, then GRPO held near the clone by the KL and the obstacle shaping.
+    config = _composed()
     assert config.pretrain.updates == 4000 and config.pretrain.dagger_rounds == 6
-    assert (config.grpo.learning_rate, config.grpo.beta) == (1e-4, 0.2)
+    assert (config.grpo.learning_rate, config.grpo.beta, config.grpo.reference) == (1e-4, 0.2, "frozen")
     assert config.env.backend_config.reward.obstacle_decel == 3.0
-    assert config.grpo.group_size == GRPOConfig().group_size  # everything else stays the default
+
+
+def test_from_scratch_experiment_turns_the_recipe_off_and_nothing_else():
+    config, default = _composed("experiment=from_scratch"), _composed()
+    assert config.pretrain.updates == 0
+    assert (config.grpo.learning_rate, config.grpo.beta) == (3e-4, 0.0)
+    assert config.env.backend_config.reward.obstacle_decel == 0.0
+    assert config.grpo.group_size == default.grpo.group_size and config.policy == default.policy

@@ -107,8 +107,7 @@ def test_trainer_warm_start_clones_the_expert_and_freezes_it_as_the_reference(tm
         trainer.finish()
 
 
-def test_warm_start_is_off_by_default_and_skipped_without_an_expert(tmp_path, capsys):
-    assert PretrainConfig().updates == 0
+def test_warm_start_is_skipped_without_an_expert(tmp_path, capsys):
     config = quiet_config(tmp_path, pretrain={"updates": 10}, policy={"kind": "cnn", "hidden_sizes": [32, 32]})
     trainer = Trainer(config)
     try:

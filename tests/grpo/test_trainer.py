@@ -31,6 +31,7 @@ def quiet_config(tmp_path, **sections):
         "grpo": {"iterations": 4, "num_trunks": 4, "group_size": 4, "branch_horizon": 8, "num_minibatches": 2},
         "policy": {"hidden_sizes": [32, 32]},
         "eval": {"every": 0, "num_routes": 4, "max_steps": 60},
+        "pretrain": {"updates": 0},  # the warm start has tests of its own (test_pretrain.py)
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 2},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": True, "wandb": {"mode": "disabled"},
                    "picture_every": 0, "progress_bar": False},

@@ -282,6 +282,7 @@ def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, monkeypatch):
         "grpo": {"iterations": 2, "num_trunks": 2, "group_size": 2, "branch_horizon": 5, "num_minibatches": 2},
         "policy": {"hidden_sizes": [16, 16]},
         "eval": {"every": 0},
+        "pretrain": {"updates": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
                    "picture_every": 0, "progress_bar": False},

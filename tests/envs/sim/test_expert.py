@@ -102,3 +102,24 @@ def test_route_follower_is_still_there():
     obs = torch.zeros(2, OBSERVATION_LAYOUT.size)
     assert route_follower(obs).shape == (2, 3)
     assert set(INFRACTIONS) >= {"red_light"}
+
+
+def test_points_project_onto_their_nearest_segment_of_the_path():
+    from envs.sim.expert import _project
+
+    # An L: 10 m east, 10 m north, then the goal repeated (a zero-length segment that is never nearest).
+    path = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [10.0, 10.0]]])
+    segment = path[:, 1:] - path[:, :-1]
+    raw = segment.norm(dim=-1)
+    cumulative = torch.cat([torch.zeros(1, 1), raw.cumsum(1)], 1)
+    points = torch.tensor([[
+        [4.0, 1.5],  # beside the first leg, to its left: 4 m along, 1.5 m left
+        [-3.0, -2.0],  # behind the start: the first segment extends backwards
+        [8.0, 6.0],  # left of the second leg: 10 + 6 m along, 2 m left of it
+        [12.0, 4.0],  # right of the second leg
+        [10.0, 13.0],  # beyond the goal: clamped to the end, on the last real segment's line
+    ]])
+    along, lateral, tangent = _project(points, path, segment, raw.clamp(min=1e-3), cumulative)
+    assert torch.allclose(along, torch.tensor([[4.0, -3.0, 16.0, 14.0, 20.0]]), atol=1e-5)
+    assert torch.allclose(lateral, torch.tensor([[1.5, -2.0, 2.0, -2.0, 0.0]]), atol=1e-5)
+    assert torch.allclose(tangent, torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]]))

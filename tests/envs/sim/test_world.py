@@ -254,3 +254,17 @@ def test_observation_is_finite_and_in_ego_frame(straight_sim):
     expected = torch.arange(1, 11) * 5.0
     assert torch.allclose(route[..., 0], expected.expand(3, -1), atol=1e-3)
     assert route[..., 1].abs().max() < 1e-3
+
+
+def test_a_world_without_traffic_or_pedestrians_skips_the_obstacle_shaping(monkeypatch):
+    from envs.sim.config import RewardConfig
+
+    # Nothing can be in the way, so the default shaping must neither run nor change the reward.
+    sims = [DrivingSim(SimConfig(num_worlds=4, reward=RewardConfig(obstacle_decel=decel), **EMPTY_WORLD))
+            for decel in (0.0, 3.0)]
+    monkeypatch.setattr(sims[1]._hazards, "obstacle_in_way", lambda obs: pytest.fail("obstacle read in an empty world"))
+    obs = [sim.reset(list(range(4))) for sim in sims]
+    for _ in range(20):
+        a, b = (sim.step(route_follower(o)) for sim, o in zip(sims, obs, strict=True))
+        assert torch.equal(a.reward, b.reward)
+        obs = [a.observation, b.observation]
