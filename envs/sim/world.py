@@ -130,6 +130,9 @@ class DrivingSim:
             raise BackendError("env.device is 'cuda' but torch sees no CUDA device; use env.device=cpu")
         self.layout = OBSERVATION_LAYOUT
         self._hazards = ExpertDriver(vehicle=config.vehicle, layout=self.layout)  # obstacle shaping of the reward
+        # a world without traffic or pedestrians has no obstacles: the shaping is skipped, to the same reward
+        self._shape_obstacles = config.reward.obstacle_decel > 0 and (
+            config.traffic.num_vehicles > 0 or config.pedestrians.num_pedestrians > 0)
         self.observation_size = self.layout.size
         self.bank = TownBank(town_factory(config), self.device)
         self.state = PackedState(*state_fields(config), self.num_worlds, self.device)
@@ -261,9 +264,7 @@ class DrivingSim:
         observation = self.observe()
         # Ended worlds were restored above; their reward is zeroed below, so the state is read as it now is.
         red_stop = red_stop_distance(observation, self.layout) if cfg.reward.stop_decel > 0 else None
-        # (a world without traffic or pedestrians has no obstacles: the shaping is skipped, to the same reward)
-        shaped = cfg.reward.obstacle_decel > 0 and (cfg.traffic.num_vehicles > 0 or cfg.pedestrians.num_pedestrians > 0)
-        obstacle = self._hazards.obstacle_in_way(observation)[:2] if shaped else None
+        obstacle = self._hazards.obstacle_in_way(observation)[:2] if self._shape_obstacles else None
         reward = cfg.reward.dense(progress_m, s.speed, s.lateral_offset, cfg.dt, red_stop, obstacle)
         for name, happened in events.items():
             weight = cfg.reward.penalty(name)
