@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from envs.api import INFRACTIONS, Backend
+from envs.api import INFRACTIONS, Backend, BackendError
 from envs.factory import EnvConfig, ServiceConfig, build_backend, env_config_from_dict
 from envs.metrics import EpisodeAccumulator, EpisodeRecord, summarise
 from envs.typed_config import ConfigError, from_dict, to_dict
@@ -246,8 +246,13 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
     done = torch.zeros(n, dtype=torch.bool)
     speeds, lives = [], []
     act = _stepwise(driver)
+    reads_raster = getattr(driver, "uses_raster", False)
+    if reads_raster and not callable(getattr(backend, "observe_raster", None)):
+        raise BackendError(f"the policy reads the bird's-eye raster, which {type(backend).__name__} does not render: "
+                           "evaluate it on env=sim with env.num_services=1")
     for step in range(1, max_steps + 1):
-        _, control, _ = act(obs.to(device), step - 1, deterministic=deterministic, generator=generator)
+        raster = backend.observe_raster().to(device) if reads_raster else None
+        _, control, _ = act(obs.to(device), step - 1, raster=raster, deterministic=deterministic, generator=generator)
         result = backend.step(control.to(backend.device))
         info = {name: value[:n].detach().cpu() for name, value in result.info.items()}
         for name in ("route_completion", "route_progress_m"):  # not reported by non-driving backends (env=gym)
@@ -296,7 +301,7 @@ def _stepwise(driver: Driver):
     (:class:`~grpo.policy.HeldActions`); other drivers decide every step."""
     if hasattr(driver, "action_repeat"):
         return HeldActions(driver).act
-    return lambda obs, step, **options: driver.act(obs, **options)
+    return lambda obs, step, raster=None, **options: driver.act(obs, **options)
 
 
 def _outcome(info: dict[str, torch.Tensor], i: int) -> str:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from envs.api import Backend, ServiceFailure, Snapshot
+from envs.api import Backend, BackendError, ServiceFailure, Snapshot
 from envs.sim import rng
 from grpo.config import GRPOConfig
-from grpo.policy import CNNPolicy, HeldActions, MLPPolicy, decision_steps
+from grpo.policy import CNNPolicy, EntityPolicy, HeldActions, MLPPolicy, decision_steps
 
 
 @dataclass
@@ -40,6 +40,7 @@ class BranchBatch:
     decided: Tensor  # [S, action_dim] bool: the action dimensions sampled afresh at each trained decision
     info: dict[str, Tensor] = field(default_factory=dict)  # per-branch summaries, [N]
     positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures
+    rasters: Tensor | None = None  # [S, N, C, P, P] uint8 bird's-eye rasters, for a policy that reads them
 
 
 def discounted_returns(rewards: Tensor, discount: float) -> Tensor:
@@ -72,8 +73,12 @@ def waves(count: int, capacity: int) -> list[Tensor]:
 class BranchingRollout:
     """Drives the trunks and their branches on one backend; the trainer calls the phases in order."""
 
-    def __init__(self, backend: Backend, policy: MLPPolicy | CNNPolicy, config: GRPOConfig, *, seed: int,
-                 device: torch.device, generator: torch.Generator):
+    def __init__(self, backend: Backend, policy: MLPPolicy | CNNPolicy | EntityPolicy, config: GRPOConfig, *,
+                 seed: int, device: torch.device, generator: torch.Generator):
+        if policy.uses_raster and not callable(getattr(backend, "observe_raster", None)):
+            raise BackendError(f"policy.kind={policy.config.kind} reads the bird's-eye raster, which this backend "
+                               f"({type(backend).__name__}) does not render: use env=sim with env.num_services=1, "
+                               "or policy=mlp")
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
         self.capacity = backend.num_worlds
@@ -136,7 +141,8 @@ class BranchingRollout:
             done = self.trunk_done[wave].clone()
             held = HeldActions(self.policy)
             for step in range(steps):
-                _, control, _ = held.act(obs.to(self.device), step, generator=self.generator)
+                _, control, _ = held.act(obs.to(self.device), step, raster=self._raster(len(wave)),
+                                         generator=self.generator)
                 result, failed = self._step(control, len(wave))
                 obs = result.observation[: len(wave)]
                 done |= (result.terminated | result.truncated)[: len(wave)].cpu() | failed
@@ -152,7 +158,7 @@ class BranchingRollout:
         with its own sampled actions, in waves of at most ``capacity`` worlds."""
         config = self.config
         horizon, trained, jobs = config.branch_horizon, config.trained_steps, len(self.group_id)
-        batch: dict[str, list] = {"obs": [], "raw": [], "logp": [], "valid": [], "rewards": []}
+        batch: dict[str, list] = {"obs": [], "raw": [], "logp": [], "valid": [], "rewards": [], "raster": []}
         failed = torch.zeros(jobs, dtype=torch.bool)
         done = torch.zeros(jobs, dtype=torch.bool)
         events: dict[str, Tensor] = {}
@@ -170,9 +176,12 @@ class BranchingRollout:
             held = HeldActions(self.policy)
             for step in range(horizon):
                 obs = obs.to(self.device)
-                raw, control, log_prob = held.act(obs, step, generator=self.generator)
+                raster = self._raster(len(wave))
+                raw, control, log_prob = held.act(obs, step, raster=raster, generator=self.generator)
                 if step < trained and log_prob is not None:  # a decision (some dimension sampled afresh)
                     columns["obs"].append(obs)
+                    if raster is not None:
+                        columns["raster"].append(raster)
                     columns["raw"].append(raw)
                     columns["logp"].append(log_prob)
                     columns["valid"].append((~wave_done).to(self.device))
@@ -199,7 +208,8 @@ class BranchingRollout:
                 failed[wave] = True
                 ends.append(starts)
             for key, values in columns.items():
-                batch[key].append(torch.stack(values))
+                if values:
+                    batch[key].append(torch.stack(values))
             if recording:
                 positions = torch.stack(wave_positions)
         self._branch_ends = Snapshot.concat(ends)
@@ -213,7 +223,7 @@ class BranchingRollout:
         return BranchBatch(torch.cat(batch["obs"], 1), torch.cat(batch["raw"], 1), torch.cat(batch["logp"], 1),
                            torch.cat(batch["valid"], 1), torch.cat(batch["rewards"], 1), self.group_id.clone(),
                            failed, decision_steps(self.policy.action_repeat, trained).to(self.device), info,
-                           positions)
+                           positions, torch.cat(batch["raster"], 1) if batch["raster"] else None)
 
     # --- selection -------------------------------------------------------------------------------------------------
 
@@ -250,6 +260,13 @@ class BranchingRollout:
         failed = result.info.get("service_failed")
         failed = torch.zeros(live, dtype=torch.bool) if failed is None else failed[:live].cpu()
         return result, failed
+
+    def _raster(self, count: int) -> Tensor | None:
+        """Bird's-eye rasters [count, C, P, P] (uint8, on the policy's device) of worlds 0..count-1 for a policy
+        that reads them; None for one that does not."""
+        if not self.policy.uses_raster:
+            return None
+        return self.backend.observe_raster(torch.arange(count)).to(self.device)
 
     def _positions(self, count: int) -> Tensor:
         """Ego positions [count, 2] of worlds 0..count-1 where the backend exposes them (built-in simulator)."""

@@ -33,7 +33,7 @@ from grpo.checkpoint import (
 )
 from grpo.config import TrainConfig
 from grpo.distributions import action_mapping_for
-from grpo.evaluation import evaluate_policy
+from grpo.evaluation import EvalResult, evaluate_policy
 from grpo.loss import grpo_loss
 from grpo.policy import build_policy, decision_steps
 from grpo.pretrain import warm_start
@@ -95,6 +95,7 @@ class Trainer:
         self.counters: dict[str, float] = defaultdict(float)  # skipped updates, episodes, ...
         self.loss_config = grpo.loss_config(len(decision_steps(self.policy.action_repeat, grpo.trained_steps)))
         self.logger: RunLogger | None = None
+        self.last_evaluation: EvalResult | None = None
 
     # --- the loop -----------------------------------------------------------------------------------------
 
@@ -230,11 +231,20 @@ class Trainer:
         valid = batch.valid & keep[None, :]
         decided = batch.decided[:, None, :].expand(-1, num_branches, -1)  # [S, N, k]: dimensions sampled
         reference_log_probs = reference_kl = None
-        with torch.no_grad():  # the policy's inputs, encoded once for every epoch (the reference's are the same)
-            inputs = self.policy.encode(batch.observations.flatten(0, 1)).view(steps, num_branches, -1)
+        with torch.no_grad():  # the policy's inputs, encoded once for every epoch (the reference's are the same);
+            # in chunks, so the derived inputs' intermediates stay small at GPU scale (millions of decisions)
+            inputs = torch.cat([self.policy.encode(chunk) for chunk in batch.observations.flatten(0, 1).split(1 << 17)]
+                               ).view(steps, num_branches, -1)
+        rasters = batch.rasters  # [S, N, C, P, P] for a policy that reads them, else None
+
+        def minibatch_rasters(columns: Tensor | None = None) -> Tensor | None:
+            if rasters is None:
+                return None
+            return (rasters if columns is None else rasters[:, columns]).flatten(0, 1)
+
         if self.reference is not None:
             with torch.no_grad():
-                reference_dist = self.reference.distribution(inputs.flatten(0, 1))
+                reference_dist = self.reference.distribution(inputs.flatten(0, 1), minibatch_rasters())
                 reference_log_probs = reference_dist.log_prob(batch.raw_actions.flatten(0, 1),
                                                               decided.flatten(0, 1)).view(steps, -1)
         sums: dict[str, float] = defaultdict(float)
@@ -247,12 +257,13 @@ class Trainer:
                 mask = valid[:, columns].flatten()
                 if not mask.any():
                     continue
-                dist = self.policy.distribution(inputs[:, columns].flatten(0, 1))
+                dist = self.policy.distribution(inputs[:, columns].flatten(0, 1), minibatch_rasters(columns))
                 raw = batch.raw_actions[:, columns].flatten(0, 1)
                 dims = decided[:, columns].flatten(0, 1)
                 if self.reference is not None and self.loss_config.kl_estimator == "analytic":
                     with torch.no_grad():
-                        reference_dist = self.reference.distribution(inputs[:, columns].flatten(0, 1))
+                        reference_dist = self.reference.distribution(inputs[:, columns].flatten(0, 1),
+                                                                     minibatch_rasters(columns))
                     reference_kl = dist.kl(reference_dist, dims)
                 loss, loss_metrics = grpo_loss(
                     dist.log_prob(raw, dims), batch.log_probs[:, columns].flatten(),
@@ -283,6 +294,7 @@ class Trainer:
         """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
         self.policy.eval()
         result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device)
+        self.last_evaluation = result  # per-route records, for reports and benchmarks
         score = result.metrics["eval/driving_score"]
         if score > self.best_score:
             self.best_score = score

@@ -442,6 +442,8 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     for name, value in happened.items():
         if value:
             reward -= config.reward.penalty(name)
+    reward -= float(config.reward.forfeit(torch.tensor([route.length - route_s]),
+                                          torch.tensor([terminated and not completed]))[0])
 
     info: dict[str, float | bool] = dict(happened)
     info.update(progress_info(new, route))

@@ -66,9 +66,23 @@ class RewardConfig:
     obstacle_decel: float = 3.0  # m/s^2; > 0: behind a vehicle or pedestrian in the way the limit falls to the
     # speed that can still stop short of it braking this hard, sqrt(v_lead^2 + 2 * obstacle_decel * room) (0: off)
     overspeed_per_ms: float = 0.1  # penalty per m/s above the limit, per step
+    forfeit_route: float = 0.0  # > 0: an episode that ends before its goal (a crash, off-road, blocked) also
+    # pays forfeit_route * progress_per_m * the metres of route left, the progress it can no longer earn (0: off)
 
     def penalty(self, infraction: str) -> float:
         return getattr(self, infraction)
+
+    def forfeit(self, remaining_m: torch.Tensor, ended_early: torch.Tensor) -> torch.Tensor:
+        """[B] the penalty for ending an episode before its goal (``ended_early`` [B] bool, with
+        ``remaining_m`` [B] metres of route left): ``forfeit_route * progress_per_m * remaining_m``, 0 elsewhere.
+
+        Why: a GRPO branch is scored on its own H steps, where a crash costs its flat penalty plus the few
+        metres the branch does not drive. The driving score charges far more: route completion stops where the
+        episode ends, so a crash 50 m into a 300 m route forfeits 250 m of completion. With
+        ``forfeit_route=1`` the branch's return pays for the rest of the route, as the score does."""
+        if self.forfeit_route <= 0:
+            return torch.zeros_like(remaining_m)
+        return self.forfeit_route * self.progress_per_m * remaining_m.clamp(min=0.0) * ended_early.to(remaining_m.dtype)
 
     def dense(self, progress_m: torch.Tensor, speed: torch.Tensor, lateral_offset: torch.Tensor, dt: float,
               red_stop_distance: torch.Tensor | None = None,

@@ -141,6 +141,70 @@ class ExpertDriver:
         gap, lead_speed, min_gap, pedestrian = self._obstacle(obs, speed, path, segment, seg_length, cumulative)
         return torch.where(gap < FAR, gap - min_gap, FAR), lead_speed, pedestrian
 
+    def actors_along_route(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every vehicle and pedestrian slot of the observation expressed along the route (a Frenet frame):
+        where it is and will be along the path and across it, rather than in the ego's Cartesian frame, so that
+        "in my lane, ahead" is a threshold on one number instead of a curve in (x, y). Pure geometry, no rule
+        of the expert's: the same projection the expert's obstacle reading starts from.
+
+        Returns vehicles [B, K, 11] and pedestrians [B, Kp, 7], zero in empty slots. Per vehicle: for now and
+        each of the expert's prediction times (1 and 2 s at its current velocity), the gap along the path from
+        the ego's front bumper to the vehicle's near edge (/ distance_scale) and the clearance across it, the
+        lateral distance between the two bodies' sides (negative: they overlap sideways; / LATERAL_SCALE_M);
+        the vehicle's heading relative to the path (cos, sin) and its velocity along and across the path
+        (/ speed_scale); valid. Per pedestrian: the gap along the path now and at the end of the expert's
+        pedestrian horizon, the lateral offset from the centre line then and now (+ left; / LATERAL_SCALE_M),
+        velocity along and across the path; valid. Values are clipped to [-4, 4]."""
+        cfg, layout, vehicle = self.config, self.layout, self.vehicle
+        num_worlds, slices = obs.shape[0], layout.slices
+        path, segment, _, seg_length, cumulative = self._path(obs)
+        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
+        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        horizons = (0.0, *cfg.prediction_s)
+        points = [vehicles[..., 0:2] * layout.distance_scale + vehicles[..., 4:6] * layout.speed_scale * h
+                  for h in horizons]
+        walker_position = walkers[..., 0:2] * layout.distance_scale
+        points += [walker_position, walker_position + walkers[..., 2:4] * layout.speed_scale * cfg.pedestrian_horizon_s]
+        along, lateral, tangent = _project(torch.cat(points, 1), path, segment, seg_length, cumulative)
+        along = along.clamp(-4 * layout.distance_scale, 4 * layout.distance_scale)
+        k, kp = layout.num_vehicles, layout.num_pedestrians
+        split = len(horizons) * k
+
+        # vehicles: gaps and side clearances at each horizon, from their footprint turned onto the path
+        cos_yaw, sin_yaw = vehicles[..., 2], vehicles[..., 3]
+        now_tangent = tangent[:, :k]
+        cos_rel = cos_yaw * now_tangent[..., 0] + sin_yaw * now_tangent[..., 1]
+        sin_rel = sin_yaw * now_tangent[..., 0] - cos_yaw * now_tangent[..., 1]
+        length, width = vehicles[..., 6] * SIZE_SCALE_M, vehicles[..., 7] * SIZE_SCALE_M
+        depth = 0.5 * (length * cos_rel.abs() + width * sin_rel.abs())
+        spread = 0.5 * (length * sin_rel.abs() + width * cos_rel.abs())
+        v_along, v_lateral = along[:, :split].view(num_worlds, len(horizons), k), lateral[:, :split].view(
+            num_worlds, len(horizons), k)
+        gap = (v_along - depth[:, None] - vehicle.length / 2) / layout.distance_scale
+        clearance = (v_lateral.abs() - spread[:, None] - vehicle.width / 2) / LATERAL_SCALE_M
+        velocity = vehicles[..., 4:6] * layout.speed_scale
+        speed_along = (velocity * now_tangent).sum(-1)
+        speed_across = velocity[..., 1] * now_tangent[..., 0] - velocity[..., 0] * now_tangent[..., 1]
+        valid = vehicles[..., 8:9]
+        vehicle_features = torch.cat([gap.transpose(1, 2), clearance.transpose(1, 2), cos_rel[..., None],
+                                      sin_rel[..., None], speed_along[..., None] / layout.speed_scale,
+                                      speed_across[..., None] / layout.speed_scale, valid], -1)
+
+        # pedestrians: now and at the end of the horizon
+        p_along, p_lateral = along[:, split:].view(num_worlds, 2, kp), lateral[:, split:].view(num_worlds, 2, kp)
+        walker_tangent = tangent[:, split:split + kp]
+        walker_velocity = walkers[..., 2:4] * layout.speed_scale
+        walker_along = (walker_velocity * walker_tangent).sum(-1)
+        walker_across = walker_velocity[..., 1] * walker_tangent[..., 0] - walker_velocity[..., 0] * walker_tangent[
+            ..., 1]
+        pedestrian_features = torch.cat([
+            ((p_along - vehicle.length / 2) / layout.distance_scale).transpose(1, 2),
+            (p_lateral / LATERAL_SCALE_M).transpose(1, 2), walker_along[..., None] / layout.speed_scale,
+            walker_across[..., None] / layout.speed_scale, walkers[..., 4:5]], -1)
+        vehicle_features = (vehicle_features * valid).clamp(-4, 4)
+        pedestrian_features = (pedestrian_features * walkers[..., 4:5]).clamp(-4, 4)
+        return vehicle_features, pedestrian_features
+
     def _path(self, obs: torch.Tensor):
         """The path: the ego's projection onto the route (the route lies ``lateral`` to the right), then the
         route points, in the ego frame [B, P, 2]; its segments, their lengths (raw and floored) and the

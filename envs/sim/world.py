@@ -270,6 +270,8 @@ class DrivingSim:
             weight = cfg.reward.penalty(name)
             if weight:
                 reward = reward - weight * happened.float()
+        if cfg.reward.forfeit_route > 0:
+            reward = reward - cfg.reward.forfeit(s.route_end_s - s.route_s, terminated & ~completed)
         info = {name: happened & live for name, happened in events.items()}
         info.update(self._progress_info())
         info["route_completed"] = completed & live

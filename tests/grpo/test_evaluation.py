@@ -236,7 +236,7 @@ def test_a_checkpoint_from_before_held_actions_is_driven_every_step(tmp_path, mo
 
     def recording(driver, *args, **kwargs):
         repeats.append(driver.action_repeat)
-        assert driver.obstacle_reader is None  # it reads the observation alone, as it was trained
+        assert not driver.obstacle_features  # it reads the observation alone, as it was trained
         return real(driver, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "evaluate_policy", recording)

@@ -122,12 +122,13 @@ def test_driving_policies_also_read_the_obstacle_in_the_way():
     room = 20.0 - 4.8 - ExpertDriver().config.vehicle_gap  # bumper to bumper, less the standstill gap
     assert inputs[1, layout.size:].tolist() == pytest.approx([room / 50, 2.0 / 10, 0.0, 1.0], abs=1e-5)
     torch.testing.assert_close(policy(obs).alpha, policy.distribution(inputs).alpha)  # forward = both steps
-    # off (the default), or observations that are not the driving layout (a gymnasium task): the observation alone
-    plain = build_policy(layout.size, PolicyConfig(hidden_sizes=(16,)))
+    assert PolicyConfig().obstacle_features  # on by default
+    # off, or observations that are not the driving layout (a gymnasium task): the observation alone
+    plain = build_policy(layout.size, PolicyConfig(hidden_sizes=(16,), obstacle_features=False))
     assert plain.input_size == layout.size and torch.equal(plain.encode(obs), obs)
     box = build_policy(3, PolicyConfig(hidden_sizes=(16,), action_repeat=1, obstacle_features=True),
                        ActionMapping("box", (-1.0,), (1.0,)))
-    assert box.input_size == 3 and box.obstacle_reader is None
+    assert box.input_size == 3 and not box.obstacle_features and box.reader is None
 
 
 def test_mlp_rejects_wrong_observation_size():
