@@ -4,15 +4,17 @@ a killed server detected and relaunched, a service that never answers, call erro
 import os
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from envs.api import BackendError, ServiceFailure
 from envs.branching import BranchingSession
 from envs.contract import check_snapshot_contract
-from envs.factory import build_backend, env_config_from_dict
-from envs.services.http_client import HttpService
+from envs.factory import EnvConfig, ServiceConfig, build_backend, env_config_from_dict
+from envs.services.http_client import HttpConfig, HttpService
 from envs.sim.config import SimConfig
 from envs.sim.world import DrivingSim
 from envs.typed_config import ConfigError
@@ -150,3 +152,9 @@ def test_service_count_must_match_the_urls():
                                    "num_services": 3})
     with pytest.raises(BackendError, match="env.urls lists 2"):
         build_backend(config, num_worlds=4)
+
+
+def test_http_yaml_holds_the_dataclass_defaults_key_for_key():
+    data = yaml.safe_load((Path(__file__).resolve().parents[3] / "conf" / "env" / "http.yaml").read_text())
+    assert data.pop("token") == "${oc.env:GRPO_SERVE_TOKEN,null}"  # Hydra resolves it; null when unset
+    assert env_config_from_dict(data) == EnvConfig("http", ServiceConfig(), HttpConfig())
