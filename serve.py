@@ -2,7 +2,7 @@
 
     python serve.py                                  # the built-in simulator on http://127.0.0.1:8080
     python serve.py serve.port=8081 env.map=straight # another port, another world
-    python serve.py env=carla                        # a CARLA backend (a CARLA install is required)
+    python serve.py env=carla serve.num_worlds=1     # one CARLA server and car (a CARLA install is required)
     GRPO_SERVE_TOKEN=secret python serve.py serve.host=0.0.0.0   # beyond this machine: a token is required
 
 Then open http://127.0.0.1:8080/view (live bird's-eye view) or /docs (every endpoint), or train over it:

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from envs.services.http_client import LISTENING_LINE
+from envs.services.http_server import ServeConfig
+from envs.typed_config import from_dict
 from tests.http import request
 from tests.processes import process_alive
 
@@ -40,3 +44,9 @@ def test_serve_py_refuses_to_listen_beyond_loopback_without_a_token():
     process = run_serve("serve.host=0.0.0.0", "serve.port=0")
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0 and "config error" in stderr and "serve.token" in stderr
+
+
+def test_serve_yaml_holds_the_dataclass_defaults_key_for_key():
+    data = yaml.safe_load((ROOT / "conf" / "serve.yaml").read_text())["serve"]
+    assert data.pop("token") == "${oc.env:GRPO_SERVE_TOKEN,null}"  # Hydra resolves it; null when unset
+    assert from_dict(ServeConfig, data, "serve") == ServeConfig()

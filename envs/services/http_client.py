@@ -38,6 +38,9 @@ from urllib.parse import urlsplit
 from envs.api import BackendError, ServiceFailure, Snapshot
 from envs.services.wire import CONTENT_TYPE, decode, encode, snapshot_from_wire, snapshot_to_wire
 
+TOKEN_VARIABLE = "GRPO_SERVE_TOKEN"
+"""Environment variable holding the services' bearer token when ``env.token`` is null."""
+
 LISTENING_LINE = "grpo-drive serve: listening on "
 """The first line a server prints, followed by its URL: :class:`LocalServer` reads the port from it."""
 
@@ -47,7 +50,8 @@ class HttpConfig:
     """The backend config of ``env=http`` (conf/env/http.yaml)."""
 
     urls: tuple[str, ...] = ()  # service URLs (http://127.0.0.1:8080); empty = launch env.num_services local ones
-    token: str | None = None  # bearer token the services require (serve.token); null = none
+    token: str | None = None  # bearer token the services require (serve.token); null = $GRPO_SERVE_TOKEN if set
+    # (keeping it out of the config keeps it out of checkpoints and run logs)
     serve_env: dict[str, Any] = field(default_factory=dict)  # flat env config launched servers build (e.g.
     # {map: straight}); empty = the built-in simulator's defaults; unused with urls (each server has its own)
     server_threads: int | None = None  # torch threads of each launched server; null = cores / services
@@ -331,7 +335,7 @@ def start_http_services(config: HttpConfig, services) -> Any:
                            f"leave env.num_services out (the URLs count) or set it to {len(urls)}")
     count = len(urls) if urls else services.num_services
     threads = config.server_threads or max(1, (os.cpu_count() or 1) // count)
-    token = config.token
+    token = config.token or os.environ.get(TOKEN_VARIABLE) or None
 
     def factory(index: int, num_worlds: int) -> HttpService:
         server = None

@@ -58,7 +58,8 @@ class ServeConfig:
     host: str = "127.0.0.1"  # address to bind; anything but a loopback address needs a token
     port: int = 8080  # TCP port; 0 = any free port (the URL is printed at start)
     token: str | None = None  # bearer token every request but /health must carry; null = no authentication
-    num_worlds: int = 1  # worlds of the default session (the seed verbs drive world 0; /worlds/* all of them)
+    num_worlds: int = 4  # worlds of the default session (the seed verbs drive world 0; /worlds/* all of them);
+    # a CARLA backend starts one server per world
     threads: int = 1  # torch threads of each backend the server builds
     max_snapshots: int = 256  # snapshots the store holds; the least recently used is evicted beyond this
     max_snapshot_bytes: int = 256 * 2**20  # bytes of tensors the store holds (LRU eviction beyond this)
@@ -277,8 +278,9 @@ class WorldServer:
         with self.lock:
             self._need_episode()
             backend = self.backend
-            tensor = torch.tensor(actions, dtype=torch.float32)
-            result = backend.step(tensor.to(backend.device))
+            if len({len(row) for row in actions}) > 1:
+                raise BackendError("actions rows differ in length: give every world the same number of values")
+            result = backend.step(torch.tensor(actions, dtype=torch.float32, device=backend.device))
             self.counters["env_steps"] += backend.num_worlds
             self.status.update(steps=self.status["steps"] + 1, terminated=bool(result.terminated[0]),
                                truncated=bool(result.truncated[0]))
@@ -289,12 +291,14 @@ class WorldServer:
 
     def reset_worlds(self, seed: int | list[int], world_ids: list[int] | None) -> dict[str, Any]:
         with self.lock:
-            observations = self.backend.reset(seed, world_ids)
-            if world_ids is None or 0 in world_ids:
-                self.status = {"episode_seed": None if isinstance(seed, int) else seed[0], "steps": 0,
-                               "return": 0.0, "terminated": False, "truncated": False}
-                if isinstance(seed, int):
-                    self.status["episode_seed"] = derive_episode_seeds(seed, [0])[0]
+            ids = list(range(self.backend.num_worlds)) if world_ids is None else world_ids
+            seeds = derive_episode_seeds(seed, ids) if isinstance(seed, int) else seed
+            if len(seeds) != len(ids):
+                raise BackendError(f"{len(seeds)} seeds for {len(ids)} worlds: give one per world, or one int")
+            observations = self.backend.reset(seeds, ids)
+            if 0 in ids:
+                self.status = {"episode_seed": seeds[ids.index(0)], "steps": 0, "return": 0.0, "terminated": False,
+                               "truncated": False}
             self.counters["resets"] += 1
             return {"observations": observations.tolist()}
 

@@ -76,6 +76,8 @@ def test_the_seed_call_sequence_replays_bit_identically(call):
     ("POST", "/worlds/9/step", {"action": {"throttle": 0.5}}, 400),  # no world 9
     ("POST", "/worlds/0/clone", {}, 422),  # neither 'to' nor 'num_branches'
     ("POST", "/worlds/step", {"actions": [[0.5, 0, 0]]}, 400),  # one action for four worlds
+    ("POST", "/worlds/step", {"actions": [[0.5, 0, 0], [0.5, 0], [0, 0, 0], [0, 0, 0]]}, 400),  # ragged
+    ("POST", "/worlds/reset", {"seed": [1, 2]}, 400),  # two seeds for four worlds
     ("POST", "/seed", {"seed": "x"}, 422),
     ("POST", "/v1/sessions", {"num_worlds": 0}, 422),
     ("POST", "/v1/sessions/unknown/step", None, 404),
