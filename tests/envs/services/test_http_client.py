@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -158,3 +159,22 @@ def test_service_count_must_match_the_urls():
 def test_http_yaml_holds_the_dataclass_defaults_key_for_key():
     data = yaml.safe_load((Path(__file__).resolve().parents[3] / "conf" / "env" / "http.yaml").read_text())
     assert env_config_from_dict(data) == EnvConfig("http", ServiceConfig(), HttpConfig())
+
+
+def test_a_service_at_a_url_that_comes_back_is_reopened_there():
+    server = start_server(index=2)
+    port = urlsplit(server.url).port
+    backend = build_backend(over([server.url]), num_worlds=2)
+    replacement = None
+    try:
+        backend.reset(0)
+        server.stop()  # the server someone else started goes away...
+        replacement = start_server({"port": port}, index=3)  # ...and comes back on the same address
+        result = backend.step(torch.zeros(2, 3))
+        assert result.info["service_failed"].all() and backend.restarts == 1
+        assert not backend.step(torch.zeros(2, 3)).info["service_failed"].any()
+    finally:
+        backend.close()
+        server.stop()
+        if replacement is not None:
+            replacement.stop()
