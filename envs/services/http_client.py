@@ -54,7 +54,8 @@ class HttpConfig:
     # (keeping it out of the config keeps it out of checkpoints and run logs)
     serve_env: dict[str, Any] = field(default_factory=dict)  # flat env config launched servers build (e.g.
     # {map: straight}); empty = the built-in simulator's defaults; unused with urls (each server has its own)
-    server_threads: int | None = None  # torch threads of each launched server; null = cores / services
+    server_threads: int = 1  # torch threads of each launched server (2 threads thrashed on a busy 2-core machine:
+    # 800 against 5,000 env-steps/s in bench/services.py)
     num_worlds: int = 1  # worlds over all services; the trainer sets it to grpo.num_trunks * grpo.group_size
     device: str = "cpu"  # device of the returned tensors; answers arrive on the CPU
     split: Literal["train", "eval"] = "train"  # train | eval: evaluation sessions draw held-out routes
@@ -69,8 +70,8 @@ class HttpConfig:
         if self.device != "cpu":
             raise ValueError(f"env.device must be cpu for env=http (answers arrive as CPU arrays), got {self.device}; "
                              "the servers' own device is env.serve_env.device or theirs")
-        if self.server_threads is not None and self.server_threads < 1:
-            raise ValueError(f"env.server_threads must be >= 1 or null, got {self.server_threads}")
+        if self.server_threads < 1:
+            raise ValueError(f"env.server_threads must be >= 1, got {self.server_threads}")
         if self.serve_env.get("backend") == "http":
             raise ValueError("env.serve_env.backend cannot be http: launched servers serve sim, gym or carla")
 
@@ -334,7 +335,7 @@ def start_http_services(config: HttpConfig, services) -> Any:
         raise BackendError(f"env.num_services={services.num_services} but env.urls lists {len(urls)} services; "
                            f"leave env.num_services out (the URLs count) or set it to {len(urls)}")
     count = len(urls) if urls else services.num_services
-    threads = config.server_threads or max(1, (os.cpu_count() or 1) // count)
+    threads = config.server_threads
     token = config.token or os.environ.get(TOKEN_VARIABLE) or None
 
     def factory(index: int, num_worlds: int) -> HttpService:
