@@ -466,8 +466,11 @@ class WorldServer:
                 else:
                     raise BackendError(f"unknown call {method!r}: one of ping, reset, step, observe, snapshot, "
                                        "restore, clone")
-            except (TypeError, ValueError) as error:  # wrong argument count or shapes: the caller's fault
-                raise BackendError(f"bad arguments for {method}: {error}") from error
+            except BackendError:
+                raise
+            except (TypeError, ValueError, IndexError, RuntimeError) as error:  # arguments the backend cannot take
+                # (wrong count, shapes or snapshot tensors): the caller's fault, answered as a 400, not a 500
+                raise BackendError(f"bad arguments for {method}: {type(error).__name__}: {error}") from error
         return encode(result)
 
     def metrics_text(self) -> str:

@@ -3,12 +3,13 @@ sequence, batched and branching verbs, validation (4xx, never 500), the bounded 
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from envs.api import BackendError, Snapshot
 from envs.services.http_server import ServeConfig, SnapshotStore
-from envs.services.wire import CONTENT_TYPE, encode
+from envs.services.wire import CONTENT_TYPE, decode, encode
 from tests.http import request, start_server
 from tests.processes import process_alive
 
@@ -162,3 +163,18 @@ def test_snapshot_store_bounds_bytes_too():
     assert evicted == ["a"] and len(store) == 2 and store.bytes == 80
     with pytest.raises(BackendError, match="exceeds serve.max_snapshot_bytes"):
         store.put("big", Snapshot("sim", "s", 1, {"floats": torch.zeros(1, 100)}), {})
+
+
+def test_a_session_call_with_arguments_the_backend_cannot_take_is_a_400(call):
+    session = ok(call("POST", "/v1/sessions", {"num_worlds": 2}))["session"]
+    headers = {"Content-Type": CONTENT_TYPE}
+    ok(call("POST", f"/v1/sessions/{session}/reset", raw=encode([[1, 2], [0, 1]]), headers=headers))
+    taken = ok(call("POST", f"/v1/sessions/{session}/snapshot", raw=encode([[0]]), headers=headers))
+    assert isinstance(decode(taken)["tensors"]["floats"], np.ndarray)  # raw arrays, not a torch.save pickle
+    bad_snapshot = {"backend": "sim", "signature": "nonsense", "num_worlds": 1, "tensors": {"floats": np.zeros((1, 2))},
+                    "meta": {}}
+    for method, args in [("restore", [bad_snapshot, [0]]), ("step", [np.zeros((2, 7), np.float32)]),
+                         ("reset", [[1], [0, 1]]), ("observe", [[5]]), ("clone", [[0], [1, 0]]), ("step", [])]:
+        status, answer = call("POST", f"/v1/sessions/{session}/{method}", raw=encode(args), headers=headers)
+        assert status == 400, (method, answer)
+    ok(call("DELETE", f"/v1/sessions/{session}"))
