@@ -103,6 +103,39 @@ class NotOffered(BackendError):
     """The served backend lacks a capability (rendering and vehicle lists need env=sim)."""
 
 
+class BodyLimit:
+    """ASGI middleware for bodies sent without a Content-Length (chunked): reads them up to ``limit`` bytes and
+    answers 413 past it, so such a body cannot grow without bound. Bodies with a length are checked by it in
+    the app's guard before anything is read (and h11 holds a sender to the length it announced)."""
+
+    def __init__(self, app, limit: int, counters: Counter):
+        self.app, self.limit, self.counters = app, limit, counters
+
+    async def __call__(self, scope, receive, send):
+        from fastapi.responses import JSONResponse
+
+        if scope["type"] != "http" or any(name == b"content-length" for name, _ in scope["headers"]):
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                self.counters["http_413"] += 1
+                answer = JSONResponse({"error": f"request body exceeds serve.max_request_bytes={self.limit}"}, 413)
+                return await answer(scope, receive, send)
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
 # --- the snapshot store -----------------------------------------------------------------------------------
 
 
@@ -597,6 +630,8 @@ def create_app(server: WorldServer):
         status = 404 if isinstance(exc, UnknownSnapshot) else 501 if isinstance(exc, NotOffered) else 400
         return error(status, str(exc))
 
+    app.add_middleware(BodyLimit, limit=server.config.max_request_bytes, counters=server.counters)
+
     @app.exception_handler(ConfigError)
     async def config_error(request: Request, exc: ConfigError):
         return error(400, str(exc))
@@ -720,8 +755,6 @@ def create_app(server: WorldServer):
               response_class=Response)
     async def session_call(session: str, method: str, request: Request):
         body = await request.body()
-        if len(body) > server.config.max_request_bytes:  # a chunked body has no length header to check first
-            return error(413, f"request body exceeds serve.max_request_bytes={server.config.max_request_bytes}")
         return Response(await run(server.call, session, method, body), media_type=CONTENT_TYPE)
 
     return app

@@ -1,7 +1,10 @@
 """A real world server process on a free loopback port, driven with a real HTTP client: the seed project's call
 sequence, batched and branching verbs, validation (4xx, never 500), the bounded snapshot store, the token."""
 
+import http.client
+import json
 import math
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -178,3 +181,24 @@ def test_a_session_call_with_arguments_the_backend_cannot_take_is_a_400(call):
         status, answer = call("POST", f"/v1/sessions/{session}/{method}", raw=encode(args), headers=headers)
         assert status == 400, (method, answer)
     ok(call("DELETE", f"/v1/sessions/{session}"))
+
+
+def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(server):
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        chunks = (b"x" * 65536 for _ in range(40))  # 2.5 MiB against a 1 MiB limit, no Content-Length
+        connection.request("POST", "/step", body=chunks, encode_chunked=True,
+                           headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 413 and b"max_request_bytes" in response.read()
+    finally:
+        connection.close()
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:  # a small chunked body still reaches the endpoint whole
+        connection.request("POST", "/reset", body=iter([b'{"route_', b'id": 3}']), encode_chunked=True,
+                           headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["episode_seed"] == 3
+    finally:
+        connection.close()
