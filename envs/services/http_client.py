@@ -97,7 +97,8 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         message = {"serve": {"host": "127.0.0.1", "port": 0, "threads": self.threads, "token": self.token,
-                             **self.serve_overrides}, "env": self.env_config}
+                             **self.serve_overrides}, "env": self.env_config,
+                   "parent_pid": os.getpid()}  # the server stops itself when this process is gone
         root = str(Path(__file__).resolve().parents[2])  # this checkout's code, whatever the working directory
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         with open(self.log_path, "wb") as log:

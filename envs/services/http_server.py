@@ -31,6 +31,8 @@ import io
 import ipaddress
 import json
 import math
+import os
+import signal
 import socket
 import sys
 import threading
@@ -829,6 +831,19 @@ def serve(config: ServeConfig, env_config: dict[str, Any], *, warm: bool = True)
             host_.backend.close()
 
 
+def watch_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """Stop this server (SIGTERM to itself, so uvicorn shuts down cleanly) once ``parent_pid`` is gone: a
+    launched server lives in a process group of its own, so nothing else ends it when its launcher is killed
+    without a chance to clean up (SIGKILL, a crash)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m envs.services.http_server --json '{"serve": {...}, "env": {...}}'``: what a launcher (the
     HTTP client's ``env.urls=[]`` mode, tests) runs; users run serve.py."""
@@ -840,6 +855,8 @@ def main(argv: list[str] | None = None) -> None:
         data = json.loads(args.json)
         config = from_dict(ServeConfig, data.get("serve", {}), "serve")
         env = data.get("env", {})
+        if data.get("parent_pid"):
+            watch_parent(int(data["parent_pid"]))
         serve(config, env, warm=bool(data.get("warm", False)))
     except (ConfigError, json.JSONDecodeError) as error:
         sys.exit(f"config error: {error}")

@@ -4,6 +4,9 @@ a killed server detected and relaunched, a service that never answers, call erro
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -178,3 +181,20 @@ def test_a_service_at_a_url_that_comes_back_is_reopened_there():
         server.stop()
         if replacement is not None:
             replacement.stop()
+
+
+def test_a_launched_server_stops_itself_when_its_launcher_is_killed():
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "from tests.http import start_server; import time; "
+         "print(start_server().pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+    try:
+        server_pid = int(launcher.stdout.readline())
+        assert process_alive(server_pid)
+    finally:
+        launcher.kill()  # SIGKILL: no atexit, no clean-up of its own
+        launcher.wait()
+    deadline = time.monotonic() + 15
+    while process_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(server_pid)
