@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from envs.services.http_server import ServeConfig, serve
+from envs.services.http_server import SERVER_PACKAGES, ServeConfig, serve
 from envs.typed_config import ConfigError, from_dict
 
 
@@ -26,6 +26,10 @@ def main(cfg: DictConfig) -> None:
         serve(config, data["env"])
     except ConfigError as error:
         sys.exit(f"config error: {error}")
+    except ModuleNotFoundError as error:
+        if error.name not in SERVER_PACKAGES:
+            raise
+        sys.exit(f"serve.py needs {error.name}: pip install -e '.[serve]' (FastAPI and uvicorn)")
 
 
 if __name__ == "__main__":

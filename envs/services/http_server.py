@@ -51,6 +51,8 @@ from envs.services.wire import CONTENT_TYPE, WireError, decode, encode, snapshot
 from envs.typed_config import ConfigError, from_dict
 
 SNAPSHOT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette", "pydantic")
+"""What serving needs beyond the training install (the ``serve`` extra); imported only when a server starts."""
 
 
 @dataclass(frozen=True)
@@ -860,6 +862,10 @@ def main(argv: list[str] | None = None) -> None:
         serve(config, env, warm=bool(data.get("warm", False)))
     except (ConfigError, json.JSONDecodeError) as error:
         sys.exit(f"config error: {error}")
+    except ModuleNotFoundError as error:
+        if error.name not in SERVER_PACKAGES:
+            raise
+        sys.exit(f"serving needs {error.name}: pip install -e '.[serve]' (FastAPI and uvicorn)")
 
 
 if __name__ == "__main__":
