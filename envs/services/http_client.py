@@ -336,6 +336,10 @@ def start_http_services(config: HttpConfig, services) -> Any:
         raise BackendError(f"env.num_services={services.num_services} but env.urls lists {len(urls)} services; "
                            f"leave env.num_services out (the URLs count) or set it to {len(urls)}")
     count = len(urls) if urls else services.num_services
+    if not urls:  # a typo in the launched servers' config is named here, not found in a server's log
+        from envs.factory import env_config_from_dict
+
+        env_config_from_dict(dict(config.serve_env), "env.serve_env")
     threads = config.server_threads
     token = config.token or os.environ.get(TOKEN_VARIABLE) or None
 

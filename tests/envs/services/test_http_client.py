@@ -152,6 +152,11 @@ def test_bad_http_configs_name_the_key(data, message):
         env_config_from_dict({"backend": "http", **data})
 
 
+def test_a_bad_config_for_launched_servers_is_named_before_any_launch():
+    with pytest.raises(ConfigError, match=r"env.serve_env.mapp; did you mean env.serve_env.map"):
+        build_backend(env_config_from_dict({"backend": "http", "serve_env": {"mapp": "straight"}}), num_worlds=1)
+
+
 def test_service_count_must_match_the_urls():
     config = env_config_from_dict({"backend": "http", "urls": ["http://127.0.0.1:1", "http://127.0.0.1:2"],
                                    "num_services": 3})
