@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint train bench clean
+.PHONY: venv test lint train serve bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: venv
 
 train: venv
 	$(BIN)/python train.py $(ARGS)
+
+serve: venv
+	$(BIN)/python serve.py $(ARGS)
 
 bench: venv
 	$(BIN)/python bench/sim_throughput.py $(ARGS)

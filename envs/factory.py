@@ -14,10 +14,11 @@ from typing import Any, Literal
 from envs.api import Backend
 from envs.carla.config import CarlaConfig
 from envs.gym_backend import GymConfig
+from envs.services.http_client import HttpConfig
 from envs.sim.config import SimConfig
 from envs.typed_config import ConfigError, from_dict, to_dict
 
-BACKEND_CONFIGS = {"sim": SimConfig, "gym": GymConfig, "carla": CarlaConfig}
+BACKEND_CONFIGS = {"sim": SimConfig, "gym": GymConfig, "carla": CarlaConfig, "http": HttpConfig}
 """Backend name -> its config dataclass. ``env=<name>`` in Hydra picks one."""
 
 
@@ -89,6 +90,10 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
 
         _check_carla_services(services, backend_config.num_worlds)
         return CarlaBackend(backend_config, start_timeout_s=services.start_timeout_s)
+    if config.backend == "http":  # world services reached by URL (python serve.py), or launched here
+        from envs.services.http_client import start_http_services
+
+        return start_http_services(backend_config, services)
     if services.num_services > 1 or services.launcher != "local":
         from envs.services.launch import start_services
 

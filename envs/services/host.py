@@ -27,7 +27,9 @@ class ServiceHost:
         from envs.factory import build_backend, env_config_from_dict
 
         torch.set_num_threads(threads)
-        config = env_config_from_dict({**env_config, "num_services": 1, "launcher": "local"})
+        # One service of its own, except CARLA: its backend drives one server per world from this process.
+        servers = num_worlds if env_config.get("backend") == "carla" else 1
+        config = env_config_from_dict({**env_config, "num_services": servers, "launcher": "local"})
         self.backend = build_backend(config, num_worlds=num_worlds)
 
     def describe(self) -> dict[str, Any]:
