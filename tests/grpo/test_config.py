@@ -104,3 +104,18 @@ def test_from_scratch_experiment_turns_the_recipe_off_and_nothing_else():
     assert (config.grpo.learning_rate, config.grpo.beta) == (3e-4, 0.0)
     assert config.env.backend_config.reward.obstacle_decel == 0.0
     assert config.grpo.group_size == default.grpo.group_size and config.policy == default.policy
+
+
+def test_the_default_policy_reads_the_obstacle_in_the_way_and_entity_is_selectable():
+    # bench/imitation.py: the clone reaches 98.6 with the obstacle input and 54.3 without it
+    assert _composed().policy.obstacle_features and _composed().policy.kind == "mlp"
+    entity = _composed("policy=entity").policy
+    assert entity.kind == "entity" and entity.token_layers == 2
+
+
+def test_gpu_experiment_is_grpo_from_scratch_on_one_cuda_device():
+    config = _composed("experiment=gpu")
+    assert config.device == "cuda" and config.env.backend_config.device == "cuda"
+    assert config.pretrain.updates == 0 and config.grpo.beta == 0.0
+    assert config.grpo.num_trunks * config.grpo.group_size == 65536
+    assert config.eval.num_routes == 64

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from envs.api import OBSERVATION_LAYOUT
 from grpo.distributions import BetaActions
 from grpo.policy import CNNPolicy, HeldActions, MLPPolicy, PolicyConfig, build_policy, decision_steps
 
@@ -193,3 +194,69 @@ def test_held_actions_hold_a_dimension_and_count_only_fresh_samples():
     first, _, _ = everything_held.act(_obs(), 0, generator=generator)
     again, _, log_prob = everything_held.act(_obs(seed=1), 1, generator=generator)
     assert torch.equal(first, again) and log_prob is None  # nothing decided at step 1
+
+
+def _driving_obs(num_worlds: int = 6, seed: int = 0) -> torch.Tensor:
+    """Observations of a busy procedural town a few seconds in: vehicles, pedestrians and lights in the slots."""
+    from envs.sim.config import SimConfig
+    from envs.sim.world import DrivingSim
+
+    sim = DrivingSim(SimConfig(num_worlds=num_worlds, num_towns=1))
+    obs = sim.reset(seed)
+    for _ in range(20):
+        obs = sim.step(torch.tensor([[0.4, 0.0, 0.0]]).repeat(num_worlds, 1)).observation
+    return obs
+
+
+@pytest.mark.parametrize("kind", ["mlp", "entity"])
+def test_log_probabilities_match_torch_distributions(kind):
+    # The policy's Beta log-density (written out, summed over the action dimensions) is torch's Beta.log_prob.
+    torch.manual_seed(0)
+    obs = _driving_obs()
+    policy = build_policy(obs.shape[1], PolicyConfig(kind=kind, hidden_sizes=(32,), token_size=16, token_layers=1))
+    actions = policy(obs)
+    raw = torch.rand(len(obs), 2, generator=torch.Generator().manual_seed(1)).clamp(0.01, 0.99)
+    expected = torch.distributions.Beta(actions.alpha, actions.beta).log_prob(raw).sum(-1)
+    torch.testing.assert_close(actions.log_prob(raw), expected)
+    # only the sampled dimension counts where the other is held
+    dims = torch.tensor([False, True])
+    torch.testing.assert_close(actions.log_prob(raw, dims),
+                               torch.distributions.Beta(actions.alpha[:, 1], actions.beta[:, 1]).log_prob(raw[:, 1]))
+
+
+def test_entity_policy_reads_road_users_as_a_set():
+    # The order of the vehicle slots does not matter, and an empty slot's contents are never read.
+    torch.manual_seed(0)
+    layout = OBSERVATION_LAYOUT
+    obs = _driving_obs()
+    policy = build_policy(layout.size, PolicyConfig(kind="entity", hidden_sizes=(32,), token_size=16))
+    vehicles = obs[:, layout.slices["vehicles"]].view(len(obs), layout.num_vehicles, -1)
+    assert (vehicles[..., 8] > 0.5).sum() >= 2, "the busy world shows vehicles"
+    swapped = obs.clone()
+    swapped[:, layout.slices["vehicles"]] = vehicles.flip(1).reshape(len(obs), -1)
+    torch.testing.assert_close(policy(swapped).alpha, policy(obs).alpha, atol=1e-5, rtol=1e-5)
+    # empty the last two slots (as the observation writes them: zeros), then fill them with garbage whose valid
+    # flag stays 0: nothing changes
+    vehicles[:, -2:] = 0.0
+    obs = obs.clone()
+    obs[:, layout.slices["vehicles"]] = vehicles.reshape(len(obs), -1)
+    garbage = obs.clone()
+    slots = garbage[:, layout.slices["vehicles"]].view(len(obs), layout.num_vehicles, -1)
+    empty = slots[..., 8] < 0.5
+    slots[..., :8] = torch.where(empty[..., None], torch.randn_like(slots[..., :8]), slots[..., :8])
+    garbage[:, layout.slices["vehicles"]] = slots.reshape(len(obs), -1)
+    assert empty.any()
+    torch.testing.assert_close(policy(garbage).alpha, policy(obs).alpha, atol=1e-5, rtol=1e-5)
+    # and a vehicle it does see changes the action distribution
+    moved = obs.clone()
+    first = moved[:, layout.slices["vehicles"]].view(len(obs), layout.num_vehicles, -1)
+    first[:, 0, 0] += 0.2
+    moved[:, layout.slices["vehicles"]] = first.reshape(len(obs), -1)
+    assert not torch.allclose(policy(moved).alpha, policy(obs).alpha)
+
+
+def test_entity_policy_refuses_other_observations():
+    with pytest.raises(ValueError, match="policy.kind=entity reads driving observations"):
+        build_policy(OBS_SIZE, PolicyConfig(kind="entity"))
+    with pytest.raises(ValueError, match="divisible by token_heads"):
+        PolicyConfig(kind="entity", token_size=10, token_heads=4)

@@ -123,3 +123,33 @@ def test_points_project_onto_their_nearest_segment_of_the_path():
     assert torch.allclose(along, torch.tensor([[4.0, -3.0, 16.0, 14.0, 20.0]]), atol=1e-5)
     assert torch.allclose(lateral, torch.tensor([[1.5, -2.0, 2.0, -2.0, 0.0]]), atol=1e-5)
     assert torch.allclose(tangent, torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]]))
+
+
+def test_actors_along_route_measure_gaps_along_and_clearances_across_the_path():
+    obs = torch.zeros(1, OBSERVATION_LAYOUT.size)
+    slices = OBSERVATION_LAYOUT.slices
+    obs[:, slices["route"]] = torch.stack([torch.arange(1, 11) * 5.0 / 50, torch.zeros(10)], 1).reshape(-1)
+    vehicles, walker = slices["vehicles"].start, slices["pedestrians"].start
+    # slot 0: a car 20 m ahead in the ego's lane, standing; slot 1: a car 30 m ahead one lane (3.5 m) to the
+    # left, driving towards the ego at 5 m/s (heading reversed); slot 2: empty
+    obs[0, vehicles:vehicles + 9] = torch.tensor([20.0 / 50, 0.0, 1.0, 0.0, 0.0, 0.0, 0.96, 0.38, 1.0])
+    obs[0, vehicles + 9:vehicles + 18] = torch.tensor([30.0 / 50, 3.5 / 50, -1.0, 0.0, -0.5, 0.0, 0.96, 0.38, 1.0])
+    # a pedestrian 15 m ahead, 4 m to the right, walking left at 1.2 m/s
+    obs[0, walker:walker + 5] = torch.tensor([15.0 / 50, -4.0 / 50, 0.0, 0.12, 1.0])
+    cars, walkers = ExpertDriver().actors_along_route(obs)
+    length, width = 4.8, 1.9
+    # gaps (now, 1 s, 2 s) from bumper to near edge / 50; clearances between the bodies' sides / 5
+    standing_gap = (20.0 - length) / 50
+    assert cars[0, 0, :3].tolist() == pytest.approx([standing_gap] * 3, abs=1e-4)
+    assert cars[0, 0, 3:6].tolist() == pytest.approx([-width / 5] * 3, abs=1e-4)  # fully overlapping sideways
+    assert cars[0, 0, 6:].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0, 1.0], abs=1e-4)
+    oncoming_gaps = [(30.0 - 5.0 * t - length) / 50 for t in (0, 1, 2)]
+    assert cars[0, 1, :3].tolist() == pytest.approx(oncoming_gaps, abs=1e-4)
+    assert cars[0, 1, 3:6].tolist() == pytest.approx([(3.5 - width) / 5] * 3, abs=1e-4)  # 1.6 m of air between
+    assert cars[0, 1, 6:].tolist() == pytest.approx([-1.0, 0.0, -0.5, 0.0, 1.0], abs=1e-4)
+    assert (cars[0, 2] == 0).all()
+    # pedestrian: gap now and at the horizon's end (5 s: 6 m to the left), lateral then and now, velocity
+    horizon = ExpertDriver().config.pedestrian_horizon_s
+    assert walkers[0, 0].tolist() == pytest.approx(
+        [(15.0 - length / 2) / 50] * 2 + [-4.0 / 5, (-4.0 + 1.2 * horizon) / 5, 0.0, 0.12, 1.0], abs=1e-4)
+    assert (walkers[0, 1:] == 0).all()

@@ -268,3 +268,35 @@ def test_a_world_without_traffic_or_pedestrians_skips_the_obstacle_shaping(monke
         a, b = (sim.step(route_follower(o)) for sim, o in zip(sims, obs, strict=True))
         assert torch.equal(a.reward, b.reward)
         obs = [a.observation, b.observation]
+
+
+def test_forfeit_route_charges_a_branch_that_ends_early_for_the_route_it_loses(straight_sim):
+    # Three hand-built branches on a 60 m route from the same start: world 0 steers off the road (ends early),
+    # world 1 creeps (survives the horizon), world 2 drives straight at full throttle (completes the route).
+    from envs.sim.config import RewardConfig
+    from grpo.rollout import discounted_returns
+
+    route = {"num_routes": 2, "route_length_m": 60.0}
+    actions = torch.tensor([[1.0, 0.0, 1.0], [0.08, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    runs = {}
+    for forfeit in (0.0, 1.0):
+        sim = straight_sim(3, town=TownConfig(**route), reward=RewardConfig(forfeit_route=forfeit))
+        sim.reset([5, 5, 5])
+        rewards, ended_at_m = [], torch.full((3,), float("nan"))
+        for _ in range(80):
+            result = sim.step(actions)
+            rewards.append(result.reward)
+            ended = (result.terminated | result.truncated) & ended_at_m.isnan()
+            ended_at_m = torch.where(ended, result.info["route_progress_m"], ended_at_m)
+        runs[forfeit] = discounted_returns(torch.stack(rewards), 1.0), ended_at_m
+    (plain, ended_at_m), (charged, _) = runs[0.0], runs[1.0]
+    length = (sim.state.route_end_s - sim.state.route_start_s)[0].item()  # the route as planned: 60 m
+    assert length == pytest.approx(60.0, abs=1e-3)
+    assert ended_at_m[0] < 30.0 and ended_at_m[1].isnan() and ended_at_m[2] >= length
+    # the crash pays 0.1 per metre of the route it did not drive; the others pay nothing more
+    assert charged[0].item() == pytest.approx(plain[0].item() - 0.1 * (length - ended_at_m[0].item()), abs=1e-4)
+    assert charged[1].item() == pytest.approx(plain[1].item(), abs=1e-6)
+    assert charged[2].item() == pytest.approx(plain[2].item(), abs=1e-6)
+    # completed > survived > crashed; the completed route is worth its progress (0.1 per metre)
+    assert charged[2] > charged[1] > charged[0]
+    assert charged[2].item() == pytest.approx(0.1 * length, abs=0.05)
