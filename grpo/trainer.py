@@ -206,6 +206,7 @@ class Trainer:
         metrics["perf/env_steps_per_s"] = steps / max(timers["trunks"] + timers["branch"], 1e-9)
         metrics["perf/waves"] = float(self.rollout.num_waves)
         metrics["services/restarts"] = float(getattr(self.backend, "restarts", 0))
+        metrics.update(self.backend.metrics() if hasattr(self.backend, "metrics") else {})  # CARLA: drift/*
         metrics["env_steps"] = float(self.rollout.env_steps)
         metrics.update({name: float(value) for name, value in self.counters.items()})
         if _due(self.iteration, self.config.logger.log_every):
