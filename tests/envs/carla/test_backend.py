@@ -152,6 +152,7 @@ def test_actor_positions_mark_empty_slots():
     assert positions.shape == (4, 2) and positions[0].tolist() == [3.0, 4.0] and np.isnan(positions[1:]).all()
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root):
     """train.py's path with env=carla: factory -> one service process per server (stand-in CarlaUE4.sh
     servers, stand-in worlds) -> rollout in waves -> drift between servers logged -> checkpoint."""
