@@ -71,7 +71,8 @@ from envs.carla.state import (
 BACKEND_NAME = "carla"
 LOGGER = logging.getLogger("envs.carla")
 INFO_FLOATS = ("route_progress_m", "route_completion", "distance_m", "speed")
-INFO_BOOLS = (*INFRACTIONS, "route_completed", "lane_invasion")
+INFO_BOOLS = (*INFRACTIONS, "route_completed", "lane_invasion", "outside_route_lanes")
+STEP_FLOATS = ("outside_route_lanes_m", "traffic_speed")  # leaderboard 2.0 measurements of the step (envs.metrics)
 
 
 class CarlaBackend:
@@ -220,7 +221,7 @@ class CarlaBackend:
         controls = np.clip(actions.detach().cpu().double().numpy(), self._low, self._high)
         was_done = [self.worlds[w].episode.done for w in range(self.num_worlds)]
         rewards = np.zeros(self.num_worlds, dtype=np.float32)
-        info = {name: np.zeros(self.num_worlds, dtype=np.float32) for name in INFO_FLOATS}
+        info = {name: np.zeros(self.num_worlds, dtype=np.float32) for name in (*INFO_FLOATS, *STEP_FLOATS)}
         info.update({name: np.zeros(self.num_worlds, dtype=bool) for name in INFO_BOOLS})
         outcomes, failed = self._step_all(controls)
         for world, outcome in enumerate(outcomes):
@@ -231,6 +232,8 @@ class CarlaBackend:
                 rewards[world] = reward
                 for name in INFO_BOOLS:
                     info[name][world] = bool(events.get(name, False))
+                for name in STEP_FLOATS:
+                    info[name][world] = float(events.get(name, 0.0))
             progress = progress_info(self.worlds[world].episode, self._route(world))
             for name in INFO_FLOATS:
                 info[name][world] = progress[name]

@@ -34,9 +34,11 @@ def test_reset_step_and_info():
     result = backend.step(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
     assert result.reward[0] > 0 and result.reward[1] == 0
     for name in ("route_progress_m", "route_completion", "distance_m", "speed", "route_completed", "lane_invasion",
-                 "collision_vehicle", "red_light", "timeout", "service_failed"):
+                 "collision_vehicle", "red_light", "timeout", "service_failed", "outside_route_lanes",
+                 "outside_route_lanes_m", "traffic_speed"):
         assert result.info[name].shape == (2,)
     assert not result.info["service_failed"].any()
+    assert result.info["traffic_speed"].tolist() == [5.0, 5.0]  # the stand-in's traffic car drives at 5 m/s
     backend.close()
     backend.close()  # twice is fine
 
