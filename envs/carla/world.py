@@ -846,8 +846,14 @@ class CarlaWorld:
                 continue
             pose = actors.walker_pose[slot].copy()
             pose[:3] -= actors.walker_velocity[slot] * back_seconds
+            # A walker without a started AI controller moves by its WalkerControl: walking at its snapshot
+            # velocity through the settling ticks brings it back to its snapshot position.
+            velocity = np.asarray(actors.walker_velocity[slot], dtype=np.float64)
+            speed = float(np.linalg.norm(velocity[:2]))
+            direction = velocity / speed if speed > 1e-6 else np.zeros(3)
             commands += [carla.command.ApplyTransform(walker.id, _transform(pose)),
-                         carla.command.ApplyTargetVelocity(walker.id, carla.Vector3D(*actors.walker_velocity[slot]))]
+                         carla.command.ApplyWalkerControl(walker.id, carla.WalkerControl(
+                             direction=carla.Vector3D(*map(float, direction)), speed=speed))]
         if commands:
             for response in self.client.apply_batch_sync(commands, False):
                 if response.error:

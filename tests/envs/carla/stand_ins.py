@@ -286,6 +286,12 @@ class StandInWorld:
         for actor in self.actors.values():
             if actor.parent is None and not any(a["walker"] == actor.id for a in self.crowd.values()):
                 actor.location = actor.location + actor.velocity * DT
+        for agent in self.crowd.values():  # the crowd sets its walkers' velocities (read back as such)
+            walker = self.actors.get(agent["walker"])
+            heading = agent["target"] - agent["position"]
+            distance = float(np.linalg.norm(heading[:2]))
+            if walker is not None:
+                walker.velocity = heading / distance * agent["speed"] if distance > 1e-9 else np.zeros(3)
         for agent in self.crowd.values():
             walker = self.actors.get(agent["walker"])
             heading = agent["target"] - agent["position"]
@@ -324,6 +330,9 @@ class StandInWorld:
             self.log.append(("place", actor.id, self.frame))
         elif name == "ApplyTargetVelocity":
             actor.velocity = np.array([command.velocity.x, command.velocity.y, command.velocity.z])
+        elif name == "ApplyWalkerControl":  # a walker without a crowd agent walks as its control says
+            direction = command.control.direction
+            actor.velocity = np.array([direction.x, direction.y, direction.z]) * command.control.speed
         return ""
 
 
