@@ -283,7 +283,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
         self.policy.eval()
-        result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device)
+        in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
+        result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         score = result.metrics["eval/driving_score"]
         if score > self.best_score:
             self.best_score = score

@@ -30,6 +30,7 @@ at once (one thread per world).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -312,6 +313,23 @@ class CarlaBackend:
         keep = src != dst  # a world cloned onto itself stays as it is
         if keep.any():
             self.restore(self.capture(src[keep].tolist()), dst[keep])
+
+    evaluates_in_place = True  # the trainer's periodic evaluation reuses these servers (set_split), instead of
+    # opening second clients on them or launching more
+
+    def set_split(self, split: str) -> str:
+        """Draw the routes of later resets from ``split`` ("train" or "eval"); returns the previous split. The
+        evaluation switches the trainer's worlds to eval routes and back (between iterations every world is
+        scratch: trunks are snapshots)."""
+        if split not in ("train", "eval"):
+            raise BackendError(f"split must be 'train' or 'eval', got {split!r}")
+        previous = self.config.split
+        self.config = dataclasses.replace(self.config, split=split)
+        if hasattr(self.town, "config"):  # TownData picks routes by its config's split
+            self.town.config = dataclasses.replace(self.town.config, split=split)
+        for world in self.worlds:
+            world.config = self.config
+        return previous
 
     def process_groups(self) -> list[int]:
         """Process groups of the servers this backend launched (each server leads its own): a service process

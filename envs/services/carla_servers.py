@@ -121,6 +121,13 @@ class CarlaServiceBackend(MultiServiceBackend):
             pass  # a service died while measuring: it has been restarted; the next check will tell
         MultiServiceBackend.restore(self, saved, everything)
 
+    evaluates_in_place = True  # the trainer's periodic evaluation reuses these servers (see set_split)
+
+    def set_split(self, split: str) -> str:
+        """Every service's later resets draw ``split``'s routes; returns the previous split."""
+        previous = [self.services[index].call("set_split", split) for index in range(len(self.services))]
+        return previous[0]
+
     def metrics(self) -> dict[str, float]:
         """Numbers for the training log: server restarts inside services, the worst restore read-back error
         over services, and the last drift between servers (``drift/*``)."""

@@ -66,6 +66,9 @@ class ServiceHost:
             src, dst = args
             backend.clone(src, dst)
             return None
+        if method == "set_split":  # a CARLA service: later resets draw train or eval routes
+            (split,) = args
+            return backend.set_split(split)
         if method == "metrics":  # numbers for the training log (server restarts, restore errors), if any
             metrics = getattr(backend, "metrics", None)
             return {} if metrics is None else {k: float(v) for k, v in metrics().items()}

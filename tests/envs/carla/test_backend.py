@@ -157,7 +157,8 @@ def test_actor_positions_mark_empty_slots():
 @pytest.mark.slow
 def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root):
     """train.py's path with env=carla: factory -> one service process per server (stand-in CarlaUE4.sh
-    servers, stand-in worlds) -> rollout in waves -> drift between servers logged -> checkpoint."""
+    servers, stand-in worlds) -> rollout in waves -> drift between servers logged -> periodic evaluation on
+    the same servers -> checkpoint."""
     from grpo.checkpoint import load_checkpoint
     from grpo.config import train_config_from_dict
     from grpo.trainer import Trainer
@@ -169,7 +170,7 @@ def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root)
                 "world_class": "tests.envs.carla.stand_ins:FakeWorld", "traffic": {"num_vehicles": 2}},
         "grpo": {"iterations": 2, "num_trunks": 2, "group_size": 2, "branch_horizon": 5, "num_minibatches": 2},
         "policy": {"hidden_sizes": [16, 16]},
-        "eval": {"every": 0},
+        "eval": {"every": 2, "num_routes": 3, "max_steps": 5},  # on the trainer's own servers, in 2 waves
         "pretrain": {"updates": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
@@ -182,8 +183,40 @@ def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root)
         metrics = trainer.train()
     finally:
         trainer.backend.close()  # train() closes it too; a failed assertion above must not leave servers
-    assert np.isfinite(metrics["reward/mean"])
+    assert np.isfinite(metrics["reward/mean"]) and metrics["eval/num_routes"] == 3.0
+    assert metrics["services/restarts"] == 0.0  # no second backend was opened for the evaluation
     # the stand-in worlds restore exactly, so two servers replaying one snapshot agree to the millimetre
     assert metrics["drift/servers"] == 2.0 and metrics["drift/ego_m"] == pytest.approx(0.0, abs=1e-9)
     state = load_checkpoint(tmp_path / "ckpt" / "carla" / "last.pt")
     assert state["iteration"] == 2 and state["config"]["env"]["backend"] == "carla"
+
+
+def test_evaluation_reuses_the_backend_on_eval_routes_and_hands_it_back():
+    from envs.factory import EnvConfig
+    from grpo.config import EvalConfig
+    from grpo.evaluation import evaluate_policy
+    from tests.envs.carla.stand_ins import FakeWorld
+
+    seen = []
+
+    class Recording(FakeWorld):
+        def reset(self, episode_seed):
+            seen.append(self.config.split)
+            super().reset(episode_seed)
+
+    backend = CarlaBackend(CarlaConfig(num_worlds=2, drift_check_every=0, traffic=CarlaTrafficConfig(num_vehicles=2)),
+                           servers=FakeServers(2), world_factory=Recording)
+    assert backend.evaluates_in_place
+
+    from grpo.baselines import ControllerDriver
+
+    def cruise(observation):
+        return torch.tensor([[0.5, 0.0, 0.0]] * observation.shape[0])
+
+    result = evaluate_policy(ControllerDriver(cruise), EnvConfig("carla", backend_config=backend.config),
+                             EvalConfig(num_routes=3, max_steps=4), "cpu", backend=backend)
+    assert result.metrics["eval/num_routes"] == 3.0
+    assert seen and set(seen) == {"eval"} and backend.config.split == "train"
+    assert backend.set_split("eval") == "train" and backend.set_split("train") == "eval"
+    with pytest.raises(BackendError, match="split"):
+        backend.set_split("test")
