@@ -129,11 +129,14 @@ class CarlaServiceBackend(MultiServiceBackend):
         return previous[0]
 
     def metrics(self) -> dict[str, float]:
-        """Numbers for the training log: server restarts inside services, the worst restore read-back error
-        over services, and the last drift between servers (``drift/*``)."""
+        """Numbers for the training log (the trainer asks every iteration): server restarts inside services, the
+        worst restore read-back error over services, and the last drift between servers (``drift/*``). Also
+        refreshes the process groups each service's servers lead."""
         out: dict[str, float] = {}
         for index in range(len(self.services)):
             try:
+                # the servers a service runs change when it restarts one: keep the list its parent would stop
+                self._groups[index] = list(self.services[index].call("process_groups"))
                 for key, value in self.services[index].call("metrics").items():
                     if key.startswith("carla/restore_error/"):
                         out[key] = max(out.get(key, 0.0), value)

@@ -66,6 +66,9 @@ class ServiceHost:
             src, dst = args
             backend.clone(src, dst)
             return None
+        if method == "process_groups":  # servers this service launched now (a restart inside it changes them)
+            groups = getattr(backend, "process_groups", None)
+            return [] if groups is None else [int(g) for g in groups()]
         if method == "set_split":  # a CARLA service: later resets draw train or eval routes
             (split,) = args
             return backend.set_split(split)

@@ -53,6 +53,8 @@ def test_two_carla_worlds_never_share_a_process(stand_in_root, tmp_path):  # noq
         snapshot = backend.snapshot([0])
         observation = backend.restore(snapshot, [1])  # across processes, as bytes
         assert torch.equal(observation[0], backend.observe([0])[0])
+        metrics = backend.metrics()  # asks every service, and refreshes the server groups it would stop
+        assert metrics["carla/server_restarts"] == 0.0 and backend._groups == {0: servers[0], 1: servers[1]}
     finally:
         backend.close()
     assert all(wait_gone(server) for (server,) in servers) and all(wait_gone(pid) for pid in services)
