@@ -80,7 +80,7 @@ class FakeWorld:
         self.restores = 0
 
     def reset(self, episode_seed):
-        if getattr(self.server, "dead", False):
+        if self.server_down():
             raise RuntimeError("time-out of 60000ms while waiting for the simulator")
         kind, route_id = self.town.route_key(episode_seed)
         planned = self.town.route(kind, route_id)
@@ -95,7 +95,7 @@ class FakeWorld:
                                      self.config.red_light_rule)
 
     def step(self, control):
-        if getattr(self.server, "dead", False):
+        if self.server_down():
             raise RuntimeError("time-out of 60000ms while waiting for the simulator")
         if self.episode.done:
             return 0.0, {}
@@ -115,8 +115,13 @@ class FakeWorld:
         self.actors = actors
         return reward, info
 
+    def server_down(self) -> bool:
+        """A FakeServer marked dead, or a launched (stand-in) server whose process has exited."""
+        alive = getattr(self.server, "alive", None)
+        return bool(getattr(self.server, "dead", False)) or (alive is not None and not alive())
+
     def restore(self, actors, episode):
-        if getattr(self.server, "dead", False):
+        if self.server_down():
             raise RuntimeError("connection refused")
         self.restores += 1
         self.actors = actors.copy()

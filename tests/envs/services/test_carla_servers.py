@@ -76,3 +76,24 @@ def test_a_killed_service_leaves_no_server_behind(stand_in_root, tmp_path):  # n
     finally:
         backend.close()
     assert wait_gone(fresh)
+
+
+@pytest.mark.slow
+def test_a_dead_server_is_restarted_inside_its_service_and_reported(stand_in_root, tmp_path):  # noqa: F811
+    backend = carla_services(stand_in_root, tmp_path)
+    try:
+        backend.reset(0)
+        service = backend.pids[1]
+        (server,) = backend.services[1].description["process_groups"]
+        os.killpg(server, signal.SIGKILL)  # the stand-in server this test's service launched
+        assert wait_gone(server)
+        result = backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2))
+        # the service noticed, restarted its server and started a fresh episode; the parent passes it on
+        assert result.info["service_failed"].tolist() == [False, True]
+        assert backend.restarts == 0 and backend.pids[1] == service  # the service itself lived on
+        assert backend.metrics()["carla/server_restarts"] == 1.0
+        (fresh,) = backend._groups[1]
+        assert fresh != server and process_exists(fresh)
+    finally:
+        backend.close()
+    assert wait_gone(fresh)
