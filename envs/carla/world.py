@@ -18,9 +18,10 @@ stop lines and schedule, and the sorted blueprint tables that snapshots index in
 * **capture** is free (the last read state); **restore** matches actors by role name, spawns the missing,
   destroys the extra, re-seeds the traffic manager and registers the traffic with it afresh, stops and
   destroys every walker's AI controller and spawns a new one (a teleported walker would otherwise be pulled
-  back by its old crowd agent, and ``start()`` on an old controller adds a second agent), places every actor
-  back-dated by the settling ticks with its velocity (world frame, m/s), angular velocity (deg/s) and
-  control, sets the lights, ticks to settle, and then **reads the world back from the server**: the state
+  back by its old crowd agent, and ``start()`` on an old controller adds a second agent), places every
+  vehicle back-dated by the settling ticks with its velocity (world frame, m/s), angular velocity (deg/s) and
+  control, and every walker exactly (it stands through the settling ticks), sets the lights, ticks to settle,
+  and then **reads the world back from the server**: the state
   a restore returns (and the observation built from it) is what the server holds after the settling tick,
   not the snapshot, and :attr:`CarlaWorld.restore_error` says how far each actor landed from its snapshot
   pose. Only then are the new walker controllers started, from where the walkers stand, towards the
@@ -822,8 +823,9 @@ class CarlaWorld:
                                                                 attach_to=self.walkers[slot])
 
     def _place(self, actors: ActorStates, back_seconds: float) -> None:
-        """One batch: every actor's transform (back-dated by ``back_seconds``), velocity, angular velocity and
-        (vehicles) control; applied by the server in this order before its next physics step."""
+        """One batch: every vehicle's transform (back-dated by ``back_seconds``), velocity, angular velocity and
+        control, and every walker's exact transform; applied by the server in this order before its next physics
+        step."""
         import carla
 
         commands = []
@@ -844,16 +846,11 @@ class CarlaWorld:
         for slot, walker in enumerate(self.walkers):
             if walker is None or not actors.walker_valid[slot]:
                 continue
-            pose = actors.walker_pose[slot].copy()
-            pose[:3] -= actors.walker_velocity[slot] * back_seconds
-            # A walker without a started AI controller moves by its WalkerControl: walking at its snapshot
-            # velocity through the settling ticks brings it back to its snapshot position.
-            velocity = np.asarray(actors.walker_velocity[slot], dtype=np.float64)
-            speed = float(np.linalg.norm(velocity[:2]))
-            direction = velocity / speed if speed > 1e-6 else np.zeros(3)
-            commands += [carla.command.ApplyTransform(walker.id, _transform(pose)),
-                         carla.command.ApplyWalkerControl(walker.id, carla.WalkerControl(
-                             direction=carla.Vector3D(*map(float, direction)), speed=speed))]
+            # Walkers are placed exactly and stand still through the settling ticks (a zero WalkerControl; a
+            # walker that had a crowd agent has its physics off, so nothing else would move it predictably);
+            # their new controllers start from there (restore). They lose the settling ticks' motion, a few cm.
+            commands += [carla.command.ApplyTransform(walker.id, _transform(actors.walker_pose[slot])),
+                         carla.command.ApplyWalkerControl(walker.id, carla.WalkerControl(speed=0.0))]
         if commands:
             for response in self.client.apply_batch_sync(commands, False):
                 if response.error:
