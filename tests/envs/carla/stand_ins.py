@@ -116,9 +116,18 @@ class FakeWorld:
         return reward, info
 
     def server_down(self) -> bool:
-        """A FakeServer marked dead, or a launched (stand-in) server whose process has exited."""
-        alive = getattr(self.server, "alive", None)
-        return bool(getattr(self.server, "dead", False)) or (alive is not None and not alive())
+        """A FakeServer marked dead, or a launched (stand-in) server whose process has exited (a zombie counts:
+        a killed leader with threads cannot be reaped until they are gone, but it serves nothing)."""
+        if getattr(self.server, "dead", False):
+            return True
+        pid = getattr(self.server, "pid", None)
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().split(")")[-1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
 
     def restore(self, actors, episode):
         if self.server_down():
