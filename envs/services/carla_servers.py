@@ -143,7 +143,9 @@ class CarlaServiceBackend(MultiServiceBackend):
                     elif key == "carla/restarts":
                         out["carla/server_restarts"] = out.get("carla/server_restarts", 0.0) + value
             except ServiceFailure:
-                pass  # a dead service is restarted by the next call that needs it
+                # Dead or hung: replace it now (a late answer must not be read as the next call's), as a failed
+                # step does; its servers are reaped by the factory.
+                self._restart(index)
         if self.drift is not None:
             out.update(self.drift.summary())
         return out

@@ -73,9 +73,17 @@ def test_a_killed_service_leaves_no_server_behind(stand_in_root, tmp_path):  # n
         assert wait_gone(orphan)  # the parent stopped the dead service's server by its process group
         (fresh,) = backend.services[0].description["process_groups"]
         assert fresh != orphan and process_exists(fresh) and backend.pids[0] != victim
+        # a service found dead by the per-iteration metrics call is replaced on the spot too
+        second_victim = backend.pids[1]
+        (second_orphan,) = backend.services[1].description["process_groups"]
+        os.kill(second_victim, signal.SIGKILL)
+        backend.metrics()
+        assert backend.restarts == 2 and backend.pids[1] != second_victim and wait_gone(second_orphan)
+        assert not backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].any()
+        (second_fresh,) = backend.services[1].description["process_groups"]
     finally:
         backend.close()
-    assert wait_gone(fresh)
+    assert wait_gone(fresh) and wait_gone(second_fresh)
 
 
 @pytest.mark.slow
