@@ -125,7 +125,13 @@ class CarlaServiceBackend(MultiServiceBackend):
 
     def set_split(self, split: str) -> str:
         """Every service's later resets draw ``split``'s routes; returns the previous split."""
-        previous = [self.services[index].call("set_split", split) for index in range(len(self.services))]
+        previous = []
+        for index in range(len(self.services)):
+            try:
+                previous.append(self.services[index].call("set_split", split))
+            except ServiceFailure:  # dead or hung: replaced (as a failed step does), then asked again
+                self._restart(index)
+                previous.append(self.services[index].call("set_split", split))
         return previous[0]
 
     def metrics(self) -> dict[str, float]:
