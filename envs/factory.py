@@ -76,20 +76,18 @@ def env_config_from_dict(data: dict[str, Any], path: str = "env") -> EnvConfig:
 
 
 def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: str | None = None) -> Backend:
-    """A backend with ``num_worlds`` worlds (default: the config's), on the ``split``'s towns if given."""
-    backend_config = config.backend_config
-    overrides = {}
-    if num_worlds is not None:
-        overrides["num_worlds"] = num_worlds
-    if split is not None:
-        overrides["split"] = split
-    backend_config = dataclasses.replace(backend_config, **overrides)
-    services = config.services
-    if config.backend == "carla":  # a CARLA server is the service: one backend drives all of them (envs/carla)
-        from envs.carla.backend import CarlaBackend
+    """A backend with ``num_worlds`` worlds (default: the config's), on the ``split``'s towns if given.
+
+    ``env=carla`` always runs each CARLA server from a service process of its own (one world each, see
+    :mod:`envs.services.carla_servers`): the carla client's traffic managers are process-wide, so two
+    servers must never share a process, the trainer's included."""
+    config = _with_worlds(config, num_worlds, split)
+    backend_config, services = config.backend_config, config.services
+    if config.backend == "carla":
+        from envs.services.carla_servers import start_carla_services
 
         _check_carla_services(services, backend_config.num_worlds)
-        return CarlaBackend(backend_config, start_timeout_s=services.start_timeout_s)
+        return start_carla_services(config.to_flat_dict(), backend_config.num_worlds, services)
     if config.backend == "http":  # world services reached by URL (python serve.py), or launched here
         from envs.services.http_client import start_http_services
 
@@ -97,8 +95,18 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
     if services.num_services > 1 or services.launcher != "local":
         from envs.services.launch import start_services
 
-        flat = dataclasses.replace(config, backend_config=backend_config).to_flat_dict()
-        return start_services(flat, backend_config.num_worlds, services)
+        return start_services(config.to_flat_dict(), backend_config.num_worlds, services)
+    return build_local_backend(config)
+
+
+def build_local_backend(config: EnvConfig, num_worlds: int | None = None) -> Backend:
+    """The backend in this process, whatever the service keys say: what one service hosts."""
+    config = _with_worlds(config, num_worlds, None)
+    backend_config = config.backend_config
+    if config.backend == "carla":  # one CARLA server (one world) driven from this process
+        from envs.carla.backend import CarlaBackend
+
+        return CarlaBackend(backend_config, start_timeout_s=config.services.start_timeout_s)
     if config.backend == "sim":
         from envs.sim.world import DrivingSim
 
@@ -110,11 +118,22 @@ def build_backend(config: EnvConfig, num_worlds: int | None = None, *, split: st
     raise ConfigError(f"backend {config.backend!r} cannot be built")
 
 
+def _with_worlds(config: EnvConfig, num_worlds: int | None, split: str | None) -> EnvConfig:
+    overrides = {}
+    if num_worlds is not None:
+        overrides["num_worlds"] = num_worlds
+    if split is not None:
+        overrides["split"] = split
+    if not overrides:
+        return config
+    return dataclasses.replace(config, backend_config=dataclasses.replace(config.backend_config, **overrides))
+
+
 def _check_carla_services(services: ServiceConfig, num_worlds: int) -> None:
-    """env=carla: each service is one CARLA server hosting one world, driven from this process."""
+    """env=carla: each service is a process driving one CARLA server that hosts one world."""
     if services.launcher != "local":
-        raise ConfigError("env.launcher must be local for env=carla: the CARLA servers are the services (list "
-                          "servers on other machines in env.hosts)")
+        raise ConfigError("env.launcher must be local for env=carla: each CARLA server is driven from a local "
+                          "service process (list servers on other machines in env.hosts)")
     if services.worlds_per_service != 1:
         raise ConfigError(f"env.worlds_per_service must be 1 for env=carla (a CARLA server hosts one ego), got "
                           f"{services.worlds_per_service}")

@@ -161,13 +161,16 @@ def evaluate_policy(driver: Driver, env_config: EnvConfig, config: EvalConfig, d
                     gif_every: int = 2) -> EvalResult:
     """Drive every route of the suite to its end (or ``eval.max_steps``) and score it.
 
-    ``backend`` may be passed to reuse one (its worlds host the routes, in waves if fewer); it is left open.
+    ``backend`` may be passed to reuse one (its worlds host the routes, in waves if fewer); it is left open. One
+    with ``set_split`` (CARLA: the trainer's servers) is switched to eval routes for the run and back after.
     On the built-in simulator, ``num_gifs`` / ``num_maps`` keep GIF frames (every ``gif_every`` steps) / a
     map view of the first routes of the suite; trajectories are always kept there.
     """
     own_backend = backend is None
     if own_backend:
         backend = build_eval_backend(env_config, config)
+    # A backend that evaluates in place (CARLA: the trainer's own servers) draws eval routes while it runs here.
+    previous_split = backend.set_split("eval") if hasattr(backend, "set_split") else None
     try:
         seeds = list(range(config.seed, config.seed + config.num_routes))
         generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -178,6 +181,8 @@ def evaluate_policy(driver: Driver, env_config: EnvConfig, config: EvalConfig, d
                              generator, device, max_steps, dt, num_gifs, num_maps, gif_every)
                  for start in range(0, len(seeds), backend.num_worlds)]
     finally:
+        if previous_split is not None and not own_backend:
+            backend.set_split(previous_split)
         if own_backend:
             backend.close()
     routes = [route for part in parts for route in part.routes]

@@ -207,6 +207,7 @@ class Trainer:
         metrics["perf/env_steps_per_s"] = steps / max(timers["trunks"] + timers["branch"], 1e-9)
         metrics["perf/waves"] = float(self.rollout.num_waves)
         metrics["services/restarts"] = float(getattr(self.backend, "restarts", 0))
+        metrics.update(self.backend.metrics() if hasattr(self.backend, "metrics") else {})  # CARLA: drift/*
         metrics["env_steps"] = float(self.rollout.env_steps)
         metrics.update({name: float(value) for name, value in self.counters.items()})
         if _due(self.iteration, self.config.logger.log_every):
@@ -293,7 +294,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
         self.policy.eval()
-        result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device)
+        in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
+        result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         self.last_evaluation = result  # per-route records, for reports and benchmarks
         score = result.metrics["eval/driving_score"]
         if score > self.best_score:

@@ -9,8 +9,10 @@ GRPO rollout runs the branches of a group in waves over them. The modules:
 * :mod:`envs.carla.lights` -- traffic lights: stop lines from trigger volumes, the backend-driven schedule.
 * :mod:`envs.carla.state` -- actor and episode state as plain arrays: snapshots, observations, infractions.
 * :mod:`envs.carla.world` -- one server's world: spawning, stepping, capturing and restoring it.
-* :mod:`envs.carla.backend` -- :class:`~envs.carla.backend.CarlaBackend` (the :mod:`envs.api` contract) and
-  :func:`~envs.carla.backend.measure_drift`.
+* :mod:`envs.carla.backend` -- :class:`~envs.carla.backend.CarlaBackend` (the :mod:`envs.api` contract, one
+  server per process) and :func:`~envs.carla.backend.measure_drift` (against the source, on one server).
+* :mod:`envs.carla.drift` -- :func:`~envs.carla.drift.measure_server_drift`: one snapshot replayed on several
+  servers, through the contract (what :mod:`envs.services.carla_servers` logs as ``drift/*``).
 
 Only ``world``, ``backend`` and parts of ``routes`` / ``lights`` / ``server`` need the ``carla`` package, and
 they import it inside functions, so configs parse on machines without it.

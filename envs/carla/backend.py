@@ -3,8 +3,11 @@
     python train.py env=carla env.num_services=4        # launches 4 servers from $CARLA_ROOT
     python train.py env=carla env.num_services=2 'env.hosts=[gpu1:2000,gpu2:2000]'
 
-World ``i`` lives on server ``i``. Calls run on every server at once (one thread per server; the client
-releases the GIL while it waits for a tick), so a step costs one tick of the slowest server.
+World ``i`` lives on server ``i``. A real run holds **one** world per process: the carla client ticks every
+traffic manager of a process on every ``world.tick()``, so :func:`envs.factory.build_backend` starts one
+service process per server, each holding a ``CarlaBackend`` of one world (:mod:`envs.services.carla_servers`).
+Several worlds in one backend remain possible with stand-in worlds (tests), where calls run on every world
+at once (one thread per world).
 
 * ``reset`` / ``step`` / ``observe``: the shared observation layout, reward and infractions (see
   :mod:`envs.carla.state`); ended worlds are not ticked and stay frozen.
@@ -17,15 +20,17 @@ releases the GIL while it waits for a tick), so a step costs one tick of the slo
   group for reasons other than the policy). With ``env.drift_check_every=N`` the backend measures it on its
   own every N snapshot calls, logs it (logger ``envs.carla``) and keeps the last result in :meth:`metrics`.
 * **Failures.** A call that fails because a server died or stopped answering restarts that server (launched:
-  a new process; external: waits for it to answer again), rebuilds its world and starts a fresh episode
-  there. A step reports ``info["service_failed"]`` (reward 0, terminated) for that world, as the
-  multi-service backend does; reset, snapshot and restore raise :class:`~envs.api.ServiceFailure`. ``restarts``
-  counts them. Errors that are not a dead server are raised as :class:`~envs.api.BackendError`.
+  a new process; external: waits for it to answer again), after shutting the old world's traffic manager
+  down, rebuilds its world and starts a fresh episode there. A step reports ``info["service_failed"]``
+  (reward 0, terminated) for that world, as the multi-service backend does; reset and restore are tried once
+  more on the restarted server, then raise :class:`~envs.api.ServiceFailure`. ``restarts`` counts them.
+  Errors that are not a dead server are raised as :class:`~envs.api.BackendError`.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -67,7 +72,8 @@ from envs.carla.state import (
 BACKEND_NAME = "carla"
 LOGGER = logging.getLogger("envs.carla")
 INFO_FLOATS = ("route_progress_m", "route_completion", "distance_m", "speed")
-INFO_BOOLS = (*INFRACTIONS, "route_completed", "lane_invasion")
+INFO_BOOLS = (*INFRACTIONS, "route_completed", "lane_invasion", "outside_route_lanes")
+STEP_FLOATS = ("outside_route_lanes_m", "traffic_speed")  # leaderboard 2.0 measurements of the step (envs.metrics)
 
 
 class CarlaBackend:
@@ -83,8 +89,14 @@ class CarlaBackend:
     def __init__(self, config: CarlaConfig, *, start_timeout_s: float = 120.0, servers: ServerManager | None = None,
                  world_factory: Callable | None = None):
         if world_factory is None:
-            from envs.carla.world import CarlaWorld as world_factory
+            world_factory = import_world_class(config.world_class)
+            from envs.carla.world import CarlaWorld
 
+            if config.num_worlds > 1 and isinstance(world_factory, type) and issubclass(world_factory, CarlaWorld):
+                raise BackendError(f"a CarlaBackend in one process drives one CARLA server, got num_worlds="
+                                   f"{config.num_worlds}: the carla client ticks every traffic manager of a process "
+                                   "on every tick, so build it with envs.factory.build_backend (one service process "
+                                   "per server)")
         self._make_world = world_factory
         self.config = config
         self.num_worlds = config.num_worlds
@@ -171,6 +183,9 @@ class CarlaBackend:
                                         f"(env.max_restarts={self.config.max_restarts})") from error
         LOGGER.warning("CARLA server %d (%s) failed: %s; restarting it", world, self.worlds[world].server.address,
                        error)
+        release = getattr(self.worlds[world], "release", None)
+        if release is not None:  # its traffic manager must not outlive it (see envs.carla.world)
+            release()
         server = self.servers.restart(world)
         self.worlds[world] = self._make_world(world, server, self.config, self.town)
         self.restarts += 1
@@ -191,8 +206,15 @@ class CarlaBackend:
         ids = as_world_ids(world_ids, self.num_worlds).tolist()
         seeds = self.episode_seeds(seed, ids)
         by_world = dict(zip(ids, seeds, strict=True))
-        self._run(ids, lambda world: self.worlds[world].reset(by_world[world]))
+        self._run_retrying(ids, lambda world: self.worlds[world].reset(by_world[world]))
         return self.observe(ids)
+
+    def _run_retrying(self, worlds: Sequence[int], call: Callable[[int], object]) -> list[object]:
+        """``_run``, tried once more when a server failed (and was restarted) during the first try."""
+        try:
+            return self._run(worlds, call)
+        except ServiceFailure:
+            return self._run(worlds, call)
 
     def step(self, actions: torch.Tensor) -> StepResult:
         check_actions(actions, self.num_worlds)
@@ -200,7 +222,7 @@ class CarlaBackend:
         controls = np.clip(actions.detach().cpu().double().numpy(), self._low, self._high)
         was_done = [self.worlds[w].episode.done for w in range(self.num_worlds)]
         rewards = np.zeros(self.num_worlds, dtype=np.float32)
-        info = {name: np.zeros(self.num_worlds, dtype=np.float32) for name in INFO_FLOATS}
+        info = {name: np.zeros(self.num_worlds, dtype=np.float32) for name in (*INFO_FLOATS, *STEP_FLOATS)}
         info.update({name: np.zeros(self.num_worlds, dtype=bool) for name in INFO_BOOLS})
         outcomes, failed = self._step_all(controls)
         for world, outcome in enumerate(outcomes):
@@ -211,6 +233,8 @@ class CarlaBackend:
                 rewards[world] = reward
                 for name in INFO_BOOLS:
                     info[name][world] = bool(events.get(name, False))
+                for name in STEP_FLOATS:
+                    info[name][world] = float(events.get(name, 0.0))
             progress = progress_info(self.worlds[world].episode, self._route(world))
             for name in INFO_FLOATS:
                 info[name][world] = progress[name]
@@ -278,7 +302,7 @@ class CarlaBackend:
         if len(set(ids)) != len(ids):
             raise BackendError(f"restore got world ids {ids} with repeats; restore one snapshot world per world")
         states = dict(zip(ids, unpack_snapshot(snapshot), strict=True))
-        self._run(ids, lambda world: self.worlds[world].restore(*states[world]))
+        self._run_retrying(ids, lambda world: self.worlds[world].restore(*states[world]))
         return self.observe(ids)
 
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
@@ -290,14 +314,40 @@ class CarlaBackend:
         if keep.any():
             self.restore(self.capture(src[keep].tolist()), dst[keep])
 
+    evaluates_in_place = True  # the trainer's periodic evaluation reuses these servers (set_split), instead of
+    # opening second clients on them or launching more
+
+    def set_split(self, split: str) -> str:
+        """Draw the routes of later resets from ``split`` ("train" or "eval"); returns the previous split. The
+        evaluation switches the trainer's worlds to eval routes and back (between iterations every world is
+        scratch: trunks are snapshots)."""
+        if split not in ("train", "eval"):
+            raise BackendError(f"split must be 'train' or 'eval', got {split!r}")
+        previous = self.config.split
+        self.config = dataclasses.replace(self.config, split=split)
+        if hasattr(self.town, "config"):  # TownData picks routes by its config's split
+            self.town.config = dataclasses.replace(self.town.config, split=split)
+        for world in self.worlds:
+            world.config = self.config
+        return previous
+
+    def process_groups(self) -> list[int]:
+        """Process groups of the servers this backend launched (each server leads its own): a service process
+        reports them, so its parent can stop them should the service die without closing."""
+        if self.servers is None or not self._owns_servers:
+            return []
+        return [pid for pid in getattr(self.servers, "pids", []) if pid is not None]
+
     def close(self) -> None:
         """Hand external servers back (our actors destroyed, asynchronous mode); stop launched ones by process
         group; release the ports. Safe to call twice."""
         atexit.unregister(self.close)
         servers, self.servers = self.servers, None
-        if servers is not None and not servers.launched:
-            for world in self.worlds:
-                world.close()
+        for world in self.worlds:
+            if servers is not None and not servers.launched:
+                world.close()  # hand an external server back: our actors destroyed, asynchronous mode
+            elif hasattr(world, "release"):
+                world.release()  # the traffic manager is shut down before its server is stopped
         self.worlds = []
         self._pool.shutdown(wait=False, cancel_futures=True)
         if servers is not None and self._owns_servers:
@@ -308,6 +358,11 @@ class CarlaBackend:
     def metrics(self) -> dict[str, float]:
         """Numbers for the training log: server restarts and the last automatic drift measurement."""
         out = {"carla/restarts": float(self.restarts)}
+        errors = [getattr(world, "restore_error", {}) for world in self.worlds]
+        for name in ("ego_m", "actors_max_m", "ego_speed_ms"):
+            values = [e[name] for e in errors if name in e and np.isfinite(e[name])]
+            if values:
+                out[f"carla/restore_error/{name}"] = float(max(values))
         if self.drift is not None:
             out.update({f"carla/{k}": v for k, v in self.drift.summary().items()})
         return out
@@ -320,7 +375,7 @@ class CarlaBackend:
             self.drift = measure_drift(self, world, actions, snapshot=snapshot, from_source=True)
         except ServiceFailure:
             return  # the server died while measuring: it has been restarted; the next check will tell
-        LOGGER.info("CARLA restore drift over %d steps: %s", self.config.drift_check_steps,
+        LOGGER.info("CARLA restore drift on one server over %d steps: %s", self.config.drift_check_steps,
                     ", ".join(f"{k}={v:.3f}" for k, v in self.drift.summary().items()))
 
     @staticmethod
@@ -346,6 +401,18 @@ class CarlaBackend:
                 f"snapshot from backend {snapshot.backend!r} with signature {snapshot.signature} does not fit this "
                 f"CARLA backend (signature {self.signature}): it was taken with another town, CARLA version, step, "
                 "traffic slots, light control or route settings; restore it into a backend with the same env config")
+
+
+def import_world_class(path: str) -> Callable:
+    """The class named by ``env.world_class`` ("module:Class")."""
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise BackendError(f"env.world_class={path!r} cannot be imported ({error}); give 'module:Class', e.g. "
+                           "envs.carla.world:CarlaWorld") from error
 
 
 def _file_digest(path: str) -> str:

@@ -94,8 +94,10 @@ class CarlaConfig:
     # phase cannot be restored)
     ego_blueprint: str = "vehicle.lincoln.mkz_2020"  # ego vehicle (the built-in simulator models this car)
     spawn_settle_steps: int = 10  # ticks after spawning, so cars dropped onto the road come to rest
-    restore_settle_ticks: int = 1  # ticks after placing actors on restore (physics settles; positions are
-    # back-dated by as many steps and placed exactly again afterwards); 0 = no settling tick
+    restore_settle_ticks: int = 1  # ticks after placing actors on restore (>= 1): positions are back-dated by as
+    # many steps, physics settles, and the state is then read back from the server
+    world_class: str = "envs.carla.world:CarlaWorld"  # "module:Class" driving one server's world (a subclass can
+    # add sensors; tests put a stand-in here)
     # --- routes ---
     routes_file: str | None = None  # leaderboard / Bench2Drive route XML; null = plan random routes
     eval_routes_file: str | None = None  # route XML used when split=eval; null = as for training
@@ -105,9 +107,13 @@ class CarlaConfig:
     lane_change_cost_m: float = 10.0  # extra metres the planner charges for a lane change
     # --- episode ---
     max_episode_steps: int = 3000  # truncation (timeout): 3000 x 0.05 s = 150 s, as the built-in simulator
-    blocked_time_s: float = 60.0  # standing still (< blocked_speed) this long ends the episode
+    blocked_time_s: float = 180.0  # standing still (< blocked_speed) this long ends the episode (leaderboard 2.0
+    # AgentBlockedTest: 180 s; the built-in simulator: 60)
     blocked_speed: float = 0.1  # m/s
-    route_deviation_m: float = 15.0  # lateral distance from the route that counts as leaving it
+    route_deviation_m: float = 30.0  # lateral distance from the route that counts as leaving it (leaderboard 2.0
+    # InRouteTest: 30 m; the built-in simulator: 15)
+    red_light_rule: Literal["tail", "front"] = "tail"  # which ego point crossing a stop line under red is an
+    # infraction: tail (leaderboard 2.0 RunningRedLightTest) or front bumper (the built-in simulator)
     terminate_on: tuple[str, ...] = TERMINAL_INFRACTIONS  # infractions that end an episode
     collision_repeat_s: float = 1.0  # contacts with the same actor closer than this in time count once
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -160,8 +166,17 @@ class CarlaConfig:
         if not 0 < self.fixed_delta_seconds <= 0.1:
             raise ValueError(f"env.fixed_delta_seconds must lie in (0, 0.1] seconds (CARLA's physics substeps "
                              f"need <= 0.1), got {self.fixed_delta_seconds}")
-        if self.spawn_settle_steps < 0 or self.restore_settle_ticks < 0:
-            raise ValueError("env.spawn_settle_steps and env.restore_settle_ticks must be >= 0")
+        if self.spawn_settle_steps < 0:
+            raise ValueError(f"env.spawn_settle_steps must be >= 0, got {self.spawn_settle_steps}")
+        if self.restore_settle_ticks < 1:
+            raise ValueError(f"env.restore_settle_ticks must be >= 1 (a restore reads the world back after a tick), "
+                             f"got {self.restore_settle_ticks}")
+        if ":" not in self.world_class:
+            raise ValueError(f"env.world_class must be 'module:Class' (e.g. envs.carla.world:CarlaWorld), got "
+                             f"{self.world_class!r}")
+        if self.red_light_rule not in ("tail", "front"):
+            raise ValueError(f"env.red_light_rule must be 'tail' (leaderboard 2.0) or 'front', got "
+                             f"{self.red_light_rule!r}")
         if self.route_length_m < 10:
             raise ValueError(f"env.route_length_m must be >= 10 m, got {self.route_length_m}")
         if not 0.5 <= self.planner_resolution_m <= 10:

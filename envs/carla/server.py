@@ -34,7 +34,29 @@ from envs.carla.config import CarlaConfig, parse_host
 
 EXECUTABLE = "CarlaUE4.sh"
 BASE_ARGS = ("-RenderOffScreen", "-nosound")
-CLIENT_VERSION = "0.9.16"
+DEFAULT_CLIENT = "0.9.16"  # the client release this backend is written and tested (without a server) against
+
+
+def client_version() -> str:
+    """The installed ``carla`` client's release (its package metadata), or DEFAULT_CLIENT if the package is not
+    installed (then nothing talks to a server anyway)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("carla")
+    except metadata.PackageNotFoundError:
+        return DEFAULT_CLIENT
+
+
+def check_versions(server_version: str, client: str, address: str) -> None:
+    """A server must run the client's release (the RPC protocol and blueprint set change between releases):
+    ServerStartError with the fix otherwise. "tcp" (a bare port check, no version known) passes."""
+    if server_version == "tcp" or server_version.split("-")[0] == client.split("-")[0]:
+        return
+    raise ServerStartError(
+        f"CARLA server {address} runs {server_version} but this process has the carla {client} client; they must "
+        f"match: install the client of the server's release (pip install carla=={server_version.split('-')[0]}, "
+        f"where the package registry offers it for this Python) or run a {client} server")
 
 HealthCheck = Callable[[str, int, float], str]
 """(host, rpc port, timeout s) -> the server's version; raises when the server does not answer."""
@@ -300,6 +322,27 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+def group_exists(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (a zombie leader counts until it is reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """Stop a server's process group that this process did not start itself (one a service launched and left
+    behind): SIGTERM, wait up to ``timeout_s``, then SIGKILL. By group id, never by name."""
+    _signal_group(pgid, signal.SIGTERM)
+    end = time.monotonic() + timeout_s
+    while group_exists(pgid) and time.monotonic() < end:
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+
+
 # --- many servers ----------------------------------------------------------------------------------------------------
 
 class ServerManager:
@@ -378,11 +421,7 @@ class ServerManager:
 
     def _ready(self, server: CarlaServer) -> None:
         version = server.wait_ready(self.start_timeout_s, self.health_check)
-        if version not in (CLIENT_VERSION, "tcp") and not version.startswith(CLIENT_VERSION):
-            import warnings
-
-            warnings.warn(f"CARLA server {server.address} runs {version}; this backend is written for the "
-                          f"{CLIENT_VERSION} client", stacklevel=2)
+        check_versions(version, client_version(), server.address)
 
     def dead(self) -> list[int]:
         """Indices of launched servers whose process has exited."""

@@ -130,7 +130,7 @@ class EpisodeState:
     heading_error: float = 0.0  # rad, ego heading minus route heading (counter-clockwise positive)
     speed: float = 0.0  # m/s
     last_control: tuple[float, float, float] = (0.0, 0.0, 0.0)  # throttle, brake, steer applied last
-    front_x: float = 0.0  # CARLA position of the ego's front bumper at the last step (red-light crossings)
+    front_x: float = 0.0  # CARLA position of the ego's red-light point (red_light_point) at the last step
     front_y: float = 0.0
     light_offset: float = 0.0  # in [0, 1): where the junctions are in their light cycles (backend lights)
     contact_keys: tuple[int, ...] = (-1,) * NUM_CONTACTS  # other parties of recent contacts (-1: empty)
@@ -290,9 +290,30 @@ class ObservationView:
 
 def ego_front(actors: ActorStates) -> np.ndarray:
     """CARLA (x, y) of the ego's front bumper."""
+    return ego_point(actors, 1.0)
+
+
+def ego_point(actors: ActorStates, fraction: float) -> np.ndarray:
+    """CARLA (x, y) of the point ``fraction`` half-lengths ahead of the ego's centre (negative: behind)."""
     x, y, yaw = actors.vehicle_pose[0, 0], actors.vehicle_pose[0, 1], math.radians(actors.vehicle_pose[0, 5])
-    half = actors.vehicle_extent[0, 0]
-    return np.array([x + half * math.cos(yaw), y + half * math.sin(yaw)])
+    ahead = fraction * actors.vehicle_extent[0, 0]
+    return np.array([x + ahead * math.cos(yaw), y + ahead * math.sin(yaw)])
+
+
+TAIL_FRACTION = -0.8
+"""Leaderboard 2.0's RunningRedLightTest checks the segment from 0.8 half-lengths behind the ego's centre to
+1 m behind its rear: the first of its points to reach a stop line is this one."""
+
+
+def red_light_point(actors: ActorStates, rule: str) -> np.ndarray:
+    """CARLA (x, y) of the ego point whose crossing of a stop line under a red light is an infraction: the
+    front bumper (``rule="front"``, the built-in simulator's rule) or the tail (``"tail"``, leaderboard 2.0:
+    a car whose front is over the line when the light turns red may still clear the junction)."""
+    if rule == "front":
+        return ego_point(actors, 1.0)
+    if rule == "tail":
+        return ego_point(actors, TAIL_FRACTION)
+    raise ValueError(f"red-light rule must be 'tail' or 'front', got {rule!r}")
 
 
 def observation_view(layout: ObservationLayout, actors: ActorStates, episode: EpisodeState,
@@ -375,6 +396,7 @@ class StepEvents:
     collisions: list[tuple[int, str]] = field(default_factory=list)  # (contact key, collision kind) per event
     lane_invasions: int = 0  # solid lane markings the ego crossed
     on_road: bool = True  # the ego's centre is on a driving lane
+    lane_yaw: float | None = None  # CARLA yaw (deg) of the driving lane under the ego's centre; None: unknown
 
 
 def next_light(route: RouteData, actors: ActorStates, route_s: float) -> tuple[int, float] | None:
@@ -413,7 +435,7 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
         slot = keys.index(key) if key in keys else int(np.argmin(steps))
         keys[slot], steps[slot] = key, step
     happened["off_road"] = not events.on_road
-    front = ego_front(actors)
+    front = red_light_point(actors, config.red_light_rule)
     previous_front = np.array([episode.front_x, episode.front_y])
     happened["red_light"] = bool(red_light_crossed(previous_front, front, stop_lines, actors.light_state).any())
     happened["route_deviation"] = abs(lateral) > config.route_deviation_m
@@ -449,7 +471,36 @@ def advance_episode(config: CarlaConfig, episode: EpisodeState, route: RouteData
     info.update(progress_info(new, route))
     info["route_completed"] = completed
     info["lane_invasion"] = events.lane_invasions > 0
+    outside = outside_route_lanes(events, route, route_s)
+    info["outside_route_lanes"] = outside
+    info["outside_route_lanes_m"] = max(progress, 0.0) if outside else 0.0
+    info["traffic_speed"] = traffic_speed(actors)
     return new, float(reward), info
+
+
+def outside_route_lanes(events: StepEvents, route: RouteData, route_s: float) -> bool:
+    """Leaderboard 2.0's OutsideRouteLanes condition: the ego's centre is off every driving lane, or on a lane
+    that runs against the route (the opposite lane). Lanes the route does not use but that run its way (a
+    parallel lane) do not count."""
+    if not events.on_road:
+        return True
+    if events.lane_yaw is None:
+        return False
+    ahead, behind = route.point_at(np.array([route_s + 1.0])), route.point_at(np.array([route_s - 1.0]))
+    tangent = (ahead - behind)[0]  # right-handed frame
+    lane = math.radians(events.lane_yaw)
+    lane_direction = np.array([math.cos(lane), -math.sin(lane)])  # CARLA yaw -> right-handed direction
+    return bool(float(tangent @ lane_direction) < 0.0)
+
+
+def traffic_speed(actors: ActorStates) -> float:
+    """Mean speed (m/s) of the traffic vehicles present: leaderboard 2.0's MinSpeed test compares the ego's
+    mean speed with this (0 when there is no traffic)."""
+    valid = actors.vehicle_valid[1:]
+    if not valid.any():
+        return 0.0
+    speeds = np.hypot(actors.vehicle_velocity[1:, 0], actors.vehicle_velocity[1:, 1])[valid]
+    return float(speeds.mean())
 
 
 def ego_expert(actors: ActorStates) -> ExpertDriver:
@@ -465,13 +516,44 @@ def progress_info(episode: EpisodeState, route: RouteData) -> dict[str, float]:
 
 
 def start_episode(episode_seed: int, route_kind: int, route_id: int, route: RouteData, actors: ActorStates,
-                  light_offset: float) -> EpisodeState:
+                  light_offset: float, red_light_rule: str = "tail") -> EpisodeState:
     """A fresh EpisodeState with the ego where ``actors`` put it (after the spawn settled)."""
     pose = actors.vehicle_pose[0]
     x, y, yaw = (float(v) for v in to_right_handed(pose[0], pose[1], pose[5]))
     route_s, lateral, heading = project_onto_route(route, x, y, yaw, None)
-    front = ego_front(actors)
+    front = red_light_point(actors, red_light_rule)
     speed = float(np.hypot(actors.vehicle_velocity[0, 0], actors.vehicle_velocity[0, 1]))
     return EpisodeState(episode_seed=episode_seed, route_kind=route_kind, route_id=route_id, route_s=route_s,
                         lateral_offset=lateral, heading_error=heading, speed=speed, front_x=float(front[0]),
                         front_y=float(front[1]), light_offset=light_offset)
+
+
+def remeasure_episode(episode: EpisodeState, route: RouteData, actors: ActorStates,
+                      red_light_rule: str = "tail") -> EpisodeState:
+    """``episode`` (a snapshot's) with what depends on the ego's pose measured again on ``actors`` (the state a
+    restore read back from the server): route position, lateral offset, heading error, speed, red-light
+    point. Counters, odometer, contacts and the done flags stay the snapshot's."""
+    pose = actors.vehicle_pose[0]
+    x, y, yaw = (float(v) for v in to_right_handed(pose[0], pose[1], pose[5]))
+    route_s, lateral, heading = project_onto_route(route, x, y, yaw, episode.route_s)
+    front = red_light_point(actors, red_light_rule)
+    speed = float(np.hypot(actors.vehicle_velocity[0, 0], actors.vehicle_velocity[0, 1]))
+    return dataclasses.replace(episode, route_s=route_s, lateral_offset=lateral, heading_error=heading, speed=speed,
+                               front_x=float(front[0]), front_y=float(front[1]))
+
+
+def restore_error(wanted: ActorStates, landed: ActorStates) -> dict[str, float]:
+    """How far a restore's read-back (``landed``) is from the snapshot (``wanted``): the ego's position error
+    (m), the mean and max over the other actors present in both, and the ego's speed error (m/s)."""
+    def positions(actors: ActorStates) -> np.ndarray:
+        vehicles = np.where(actors.vehicle_valid[:, None], actors.vehicle_pose[:, :2], np.nan)
+        walkers = np.where(actors.walker_valid[:, None], actors.walker_pose[:, :2], np.nan)
+        return np.concatenate([vehicles, walkers])
+
+    error = np.linalg.norm(positions(landed) - positions(wanted), axis=1)
+    others = error[1:][np.isfinite(error[1:])]
+    speed = np.hypot(*landed.vehicle_velocity[0, :2]) - np.hypot(*wanted.vehicle_velocity[0, :2])
+    return {"ego_m": float(error[0]) if np.isfinite(error[0]) else float("nan"),
+            "actors_mean_m": float(others.mean()) if len(others) else 0.0,
+            "actors_max_m": float(others.max()) if len(others) else 0.0,
+            "ego_speed_ms": float(abs(speed))}

@@ -16,10 +16,24 @@ stop lines and schedule, and the sorted blueprint tables that snapshots index in
 * **step**: apply the ego's control, set the scheduled light states, tick, read every actor from the tick's
   world snapshot, drain the sensors, and apply the episode rules (:func:`envs.carla.state.advance_episode`);
 * **capture** is free (the last read state); **restore** matches actors by role name, spawns the missing,
-  destroys the extra, re-seeds the traffic manager and registers the traffic with it afresh, places every
-  actor back-dated by the settling ticks with its velocity (world frame, m/s), angular velocity (deg/s) and
-  control, sets the lights, ticks to settle, and places the actors exactly again (velocities are applied
-  before the next physics step).
+  destroys the extra, re-seeds the traffic manager and registers the traffic with it afresh, stops and
+  destroys every walker's AI controller and spawns a new one (a teleported walker would otherwise be pulled
+  back by its old crowd agent, and ``start()`` on an old controller adds a second agent), places every
+  vehicle back-dated by the settling ticks with its velocity (world frame, m/s), angular velocity (deg/s) and
+  control, and every walker exactly (it stands through the settling ticks), sets the lights, ticks to settle,
+  and then **reads the world back from the server**: the state
+  a restore returns (and the observation built from it) is what the server holds after the settling tick,
+  not the snapshot, and :attr:`CarlaWorld.restore_error` says how far each actor landed from its snapshot
+  pose. Only then are the new walker controllers started, from where the walkers stand, towards the
+  snapshot's destinations at the snapshot's speeds.
+
+**One world per process.** The carla client keeps one process-wide registry of traffic managers, and every
+``world.tick()`` steps all of them (``TrafficManager::Tick``, blocking on each without a timeout), so two
+worlds in one process would couple their traffic and serialise their ticks, and a dead server's traffic
+manager would hang the other. A :class:`CarlaWorld` therefore refuses to start while another one is live in
+the same process; :mod:`envs.factory` runs every CARLA server from its own service process. A world's
+traffic manager is shut down (:meth:`CarlaWorld.release`) before the world is dropped or its server
+restarted.
 
 What CARLA cannot restore (so a restored world drifts from its source; :func:`envs.carla.backend.measure_drift`
 measures by how much):
@@ -30,7 +44,10 @@ measures by how much):
   (they agree with each other); the source world had older state, so it is not reproduced exactly;
 * the vehicles' drivetrain and suspension: engine rpm, gear timing, wheel spin, spring compression (the
   settling tick lets wheels catch up with the restored velocity);
-* walkers' AI navigation paths (their destination and speed are given again);
+* walkers' AI navigation: the crowd agent and its path are new after every restore (a fresh controller
+  plans from where the walker stands to the snapshot's destination, at the snapshot's speed), so a walker
+  follows the source's path only where the new plan happens to match it; every branch restored from one
+  snapshot plans the same way, so branches agree with each other more closely than with the source;
 * with ``light_control=server``, a light group's phase: only each light's state and green / yellow / red times
   can be set (not its elapsed time), and re-seeding the traffic manager restarts the server's light cycles;
 * anything the physics engine keeps between frames (contacts, sleeping bodies), and a collision reported by
@@ -74,6 +91,8 @@ from envs.carla.state import (
     advance_episode,
     collision_kind,
     contact_key,
+    remeasure_episode,
+    restore_error,
     start_episode,
     vehicle_keys,
     walker_keys,
@@ -84,6 +103,8 @@ EVAL_SEED_SALT = 0xE7A1  # mixed into planning seeds on split=eval: evaluation r
 SPAWN_LIFT_M = 0.5  # spawn this far above the road (CARLA's spawn points do the same), so nothing collides
 PARKING_LIFT_M = 200.0  # spawn here first when the target spot is taken, then teleport
 SENSOR_ROLES = ("hero_collision", "hero_lane_invasion")
+_LIVE_WORLDS: dict[int, str] = {}  # id(CarlaWorld) -> server address: worlds holding a traffic manager here
+_LIVE_LOCK = threading.Lock()
 OUR_ROLES = ("hero", "traffic_", "walker_", *SENSOR_ROLES)
 
 
@@ -222,11 +243,44 @@ class CarlaWorld:
     """One server's world (see the module docstring). Methods raise RuntimeError (from ``carla``) when the
     server fails; the backend decides whether that is a dead server."""
 
-    def __init__(self, index: int, server: CarlaServer, config: CarlaConfig, town: TownData | None = None):
+    def __init__(self, index: int, server: CarlaServer, config: CarlaConfig, town: TownData | None = None, *,
+                 client=None):
         import carla
 
         self.index, self.server, self.config = index, server, config
-        self.client = carla.Client(server.host, server.ports.rpc, worker_threads=2)
+        self.traffic_manager = None
+        self._events: list = []
+        self._events_lock = threading.Lock()
+        self._listening: set[int] = set()  # ids of the sensors this client listens to
+        self.walker_orders: list[tuple[np.ndarray, float] | None] = [None] * config.traffic.num_walkers
+        self._ignore_until_frame = -1
+        self.vehicles: list = [None] * (1 + config.traffic.num_vehicles)
+        self.walkers: list = [None] * config.traffic.num_walkers
+        self.controllers: list = [None] * config.traffic.num_walkers
+        self.sensors: list = []
+        self._applied_lights: np.ndarray | None = None
+        self.actors: ActorStates | None = None
+        self.episode: EpisodeState | None = None
+        self.restore_error: dict[str, float] = {}  # how far the last restore's read-back landed from its snapshot
+        with _LIVE_LOCK:
+            if _LIVE_WORLDS:
+                raise BackendError(f"this process already drives the CARLA world of {next(iter(_LIVE_WORLDS.values()))}"
+                                   "; the carla client ticks every traffic manager of a process on every world.tick(),"
+                                   " so each server needs a process of its own: build CARLA backends with "
+                                   "envs.factory.build_backend (one service process per server), or close the other "
+                                   "world first")
+            _LIVE_WORLDS[id(self)] = server.address
+        try:
+            # ``client`` is given by tests (a stand-in for carla.Client); a real run connects here.
+            self.client = client if client is not None else carla.Client(server.host, server.ports.rpc,
+                                                                          worker_threads=2)
+            self._connect(town)
+        except BaseException:
+            self.release()
+            raise
+
+    def _connect(self, town: TownData | None) -> None:
+        config = self.config
         self.client.set_timeout(config.client_timeout_s)
         world = self.client.get_world()
         if not town_matches(world.get_map().name, config.town):
@@ -238,7 +292,8 @@ class CarlaWorld:
             world = self.client.load_world(config.town, reset_settings=True)
         self.world = world
         self.world.apply_settings(make_world_settings(config, self.world.get_settings()))
-        self.tm_port = server.ports.traffic_manager
+        self.library = self.world.get_blueprint_library()  # looked up once: every spawn finds its blueprint here
+        self.tm_port = self.server.ports.traffic_manager
         self.traffic_manager = self.client.get_trafficmanager(self.tm_port)
         self.traffic_manager.set_synchronous_mode(True)
         self.traffic_manager.set_hybrid_physics_mode(False)
@@ -252,18 +307,6 @@ class CarlaWorld:
         self.lights = self._light_actors()
         if config.light_control == "backend":
             self.world.freeze_all_traffic_lights(True)
-        self._events: list = []
-        self._events_lock = threading.Lock()
-        self._listening: set[int] = set()  # ids of the sensors this client listens to
-        self.walker_orders: list[tuple[np.ndarray, float] | None] = [None] * config.traffic.num_walkers
-        self._ignore_until_frame = -1
-        self.vehicles: list = [None] * (1 + config.traffic.num_vehicles)
-        self.walkers: list = [None] * config.traffic.num_walkers
-        self.controllers: list = [None] * config.traffic.num_walkers
-        self.sensors: list = []
-        self._applied_lights: np.ndarray | None = None
-        self.actors: ActorStates | None = None
-        self.episode: EpisodeState | None = None
         self.destroy_ours()
         self.frame = self._tick()
 
@@ -306,6 +349,7 @@ class CarlaWorld:
             if is_ours(role) or (actor.type_id == "controller.ai.walker" and actor.parent is not None
                                  and is_ours(actor.parent.attributes.get("role_name", ""))):
                 doomed.append(actor)
+        self._stop_controllers([a for a in doomed if a.type_id == "controller.ai.walker"])
         self._stop_listening(doomed)
         if doomed:
             self.client.apply_batch_sync([carla.command.DestroyActor(actor.id) for actor in doomed], False)
@@ -366,10 +410,23 @@ class CarlaWorld:
                     pass  # already gone on the server
                 self._listening.discard(actor.id)
 
+    @staticmethod
+    def _stop_controllers(controllers: list) -> None:
+        """Stop walker AI controllers before they are destroyed: ``stop()`` removes the walker's agent from this
+        client's crowd simulation, which would otherwise keep steering a walker that no longer has a controller."""
+        for controller in controllers:
+            if controller is None:
+                continue
+            try:
+                controller.stop()
+            except RuntimeError:
+                pass  # already gone on the server
+
     def _destroy(self, actors: list) -> None:
         import carla
 
         actors = [a for a in actors if a is not None]
+        self._stop_controllers([a for a in actors if a.type_id == "controller.ai.walker"])
         self._stop_listening(actors)
         if actors:
             self.client.apply_batch_sync([carla.command.DestroyActor(a.id) for a in actors], False)
@@ -377,7 +434,7 @@ class CarlaWorld:
     # --- spawning ---
 
     def _blueprint(self, blueprint_id: str, role_name: str, color_seed: int | None = None):
-        blueprint = self.world.get_blueprint_library().find(blueprint_id)
+        blueprint = self.library.find(blueprint_id)
         if blueprint.has_attribute("role_name"):
             blueprint.set_attribute("role_name", role_name)
         if color_seed is not None and blueprint.has_attribute("color"):
@@ -404,7 +461,7 @@ class CarlaWorld:
     def _attach_sensors(self, ego) -> None:
         import carla
 
-        library = self.world.get_blueprint_library()
+        library = self.library
         self._destroy(self.sensors)
         self.sensors = []
         for role, blueprint_id, callback in (("hero_collision", "sensor.other.collision", self._on_collision),
@@ -499,7 +556,8 @@ class CarlaWorld:
         self._drain_events(self.frame)
         self.actors = self.read()
         self.actors.vehicle_control[0] = 0.0
-        self.episode = start_episode(episode_seed, kind, route_id, planned.data, self.actors, light_offset)
+        self.episode = start_episode(episode_seed, kind, route_id, planned.data, self.actors, light_offset,
+                                     config.red_light_rule)
         return True
 
     def _spawn_traffic(self, rng: np.random.Generator, route: Route, ego_xy: np.ndarray) -> None:
@@ -538,7 +596,7 @@ class CarlaWorld:
         traffic = self.config.traffic
         if traffic.num_walkers == 0 or not self.town.walker_blueprints:
             return
-        controller_blueprint = self.world.get_blueprint_library().find("controller.ai.walker")
+        controller_blueprint = self.library.find("controller.ai.walker")
         placed = 0
         for _ in range(traffic.num_walkers * 20):
             if placed == traffic.num_walkers:
@@ -608,20 +666,22 @@ class CarlaWorld:
         actors = self.read()
         actors.vehicle_control[0] = (throttle, steer, brake, 0.0, 0.0)
         events = self._drain_events(self.frame)
-        events.on_road = self._on_road(actors)
+        lane = self._driving_lane(actors)
+        events.on_road = lane is not None
+        events.lane_yaw = None if lane is None else float(lane.transform.rotation.yaw)
         planned = self.town.route(self.episode.route_kind, self.episode.route_id)
         self.episode, reward, info = advance_episode(self.config, self.episode, planned.data, self.town.stop_lines,
                                                      actors, np.array([throttle, brake, steer]), events)
         self.actors = actors
         return reward, info
 
-    def _on_road(self, actors: ActorStates) -> bool:
+    def _driving_lane(self, actors: ActorStates):
+        """The waypoint of the driving lane under the ego's centre (client-side map query), or None off-road."""
         import carla
 
         x, y, z = actors.vehicle_pose[0, :3]
-        waypoint = self.map.get_waypoint(carla.Location(x=float(x), y=float(y), z=float(z)), project_to_road=False,
-                                         lane_type=carla.LaneType.Driving | carla.LaneType.Bidirectional)
-        return waypoint is not None
+        return self.map.get_waypoint(carla.Location(x=float(x), y=float(y), z=float(z)), project_to_road=False,
+                                     lane_type=carla.LaneType.Driving | carla.LaneType.Bidirectional)
 
     def read(self) -> ActorStates:
         """Every actor's state from the last tick (the client's copy of the world snapshot: no server call)."""
@@ -665,7 +725,10 @@ class CarlaWorld:
     # --- restoring ---
 
     def restore(self, actors: ActorStates, episode: EpisodeState) -> None:
-        """Put ``actors`` and ``episode`` into this server's world (see the module docstring)."""
+        """Put ``actors`` and ``episode`` into this server's world, then read it back (see the module
+        docstring): afterwards ``self.actors`` is the server's state after the settling ticks, ``self.episode``
+        the snapshot's episode re-measured on it, and ``self.restore_error`` how far the actors landed from
+        the snapshot."""
         import carla
 
         config = self.config
@@ -673,7 +736,7 @@ class CarlaWorld:
                 len(actors.light_state) != len(self.lights):
             raise BackendError("snapshot has other actor slots than this backend: it comes from another traffic "
                                "config or map")
-        self.town.route(episode.route_kind, episode.route_id)  # plan it here if this process has not yet
+        planned = self.town.route(episode.route_kind, episode.route_id)  # planned here if this process has not
         self.ensure_settings()
         self._discover()
         self.traffic_manager.set_random_device_seed(mix_seed(config.tm_seed, episode.episode_seed, episode.step))
@@ -704,24 +767,7 @@ class CarlaWorld:
             vehicle.set_autopilot(False, self.tm_port)
         if self.vehicles[0] is not None and not self.sensors:
             self._attach_sensors(self.vehicles[0])
-        walker_ids = walker_keys(len(self.walkers))
-        controller_blueprint = None
-        for slot, key in enumerate(walker_ids):
-            have, want = self.walkers[slot], bool(actors.walker_valid[slot])
-            blueprint = self.town.walker_blueprints[int(actors.walker_blueprint[slot])] if want else None
-            if have is not None and (not want or have.type_id != blueprint):
-                self._destroy([self.controllers[slot], have])
-                have = self.walkers[slot] = self.controllers[slot] = None
-            if want and have is None:
-                walker = self._spawn(self._blueprint(blueprint, key), actors.walker_pose[slot], lift=0.0)
-                if walker is None:
-                    raise BackendError(f"world {self.index}: could not spawn {key} to restore it")
-                self.walkers[slot] = walker
-            if want and self.controllers[slot] is None:
-                controller_blueprint = controller_blueprint or \
-                    self.world.get_blueprint_library().find("controller.ai.walker")
-                self.controllers[slot] = self.world.spawn_actor(controller_blueprint, carla.Transform(),
-                                                                attach_to=self.walkers[slot])
+        self._restore_walkers(actors)
         self._place(actors, back)
         for vehicle in traffic:
             self._setup_traffic_vehicle(vehicle)
@@ -729,10 +775,15 @@ class CarlaWorld:
             self._set_lights_at(episode.step * config.fixed_delta_seconds, episode.light_offset, force=True)
         else:
             self._restore_server_lights(actors)
-        if settle:
-            for _ in range(settle):
-                self.frame = self._tick()
-            self._place(actors, 0.0)
+        for _ in range(settle):
+            self.frame = self._tick()
+        # Read the world back: what the next step starts from is what the server holds now, not the snapshot.
+        landed = self.read()
+        landed.vehicle_control[0] = actors.vehicle_control[0]  # the control the snapshot's ego last applied
+        landed.walker_target[:], landed.walker_speed[:] = actors.walker_target, actors.walker_speed
+        self.restore_error = restore_error(actors, landed)
+        # The new walker controllers start only now, from where the walkers landed (start() registers a crowd
+        # agent at the walker's position of the last tick, so it must follow the settling tick).
         for slot, controller in enumerate(self.controllers):
             if controller is not None and actors.walker_valid[slot]:
                 target, speed = actors.walker_target[slot], float(actors.walker_speed[slot])
@@ -742,12 +793,39 @@ class CarlaWorld:
                 self.walker_orders[slot] = (target.copy(), speed)
         self._ignore_until_frame = self.frame
         self._drain_events(self.frame)
-        self.actors = actors.copy()
-        self.episode = episode
+        self.actors = landed
+        self.episode = remeasure_episode(episode, planned.data, landed, config.red_light_rule)
+
+    def _restore_walkers(self, actors: ActorStates) -> None:
+        """Walkers of the snapshot spawned (or destroyed), each with a new AI controller that is not started yet.
+        Old controllers are stopped and destroyed: their crowd agents would pull a teleported walker back."""
+        import carla
+
+        walker_ids = walker_keys(len(self.walkers))
+        self._destroy([controller for controller in self.controllers if controller is not None])
+        self.controllers = [None] * len(self.walkers)
+        controller_blueprint = None
+        for slot, key in enumerate(walker_ids):
+            have, want = self.walkers[slot], bool(actors.walker_valid[slot])
+            blueprint = self.town.walker_blueprints[int(actors.walker_blueprint[slot])] if want else None
+            if have is not None and (not want or have.type_id != blueprint):
+                self._destroy([have])
+                have = self.walkers[slot] = None
+                self.walker_orders[slot] = None
+            if want and have is None:
+                walker = self._spawn(self._blueprint(blueprint, key), actors.walker_pose[slot], lift=0.0)
+                if walker is None:
+                    raise BackendError(f"world {self.index}: could not spawn {key} to restore it")
+                self.walkers[slot] = walker
+            if want:
+                controller_blueprint = controller_blueprint or self.library.find("controller.ai.walker")
+                self.controllers[slot] = self.world.spawn_actor(controller_blueprint, carla.Transform(),
+                                                                attach_to=self.walkers[slot])
 
     def _place(self, actors: ActorStates, back_seconds: float) -> None:
-        """One batch: every actor's transform (back-dated by ``back_seconds``), velocity, angular velocity and
-        (vehicles) control; applied by the server in this order before its next physics step."""
+        """One batch: every vehicle's transform (back-dated by ``back_seconds``), velocity, angular velocity and
+        control, and every walker's exact transform; applied by the server in this order before its next physics
+        step."""
         import carla
 
         commands = []
@@ -768,10 +846,11 @@ class CarlaWorld:
         for slot, walker in enumerate(self.walkers):
             if walker is None or not actors.walker_valid[slot]:
                 continue
-            pose = actors.walker_pose[slot].copy()
-            pose[:3] -= actors.walker_velocity[slot] * back_seconds
-            commands += [carla.command.ApplyTransform(walker.id, _transform(pose)),
-                         carla.command.ApplyTargetVelocity(walker.id, carla.Vector3D(*actors.walker_velocity[slot]))]
+            # Walkers are placed exactly and stand still through the settling ticks (a zero WalkerControl; a
+            # walker that had a crowd agent has its physics off, so nothing else would move it predictably);
+            # their new controllers start from there (restore). They lose the settling ticks' motion, a few cm.
+            commands += [carla.command.ApplyTransform(walker.id, _transform(actors.walker_pose[slot])),
+                         carla.command.ApplyWalkerControl(walker.id, carla.WalkerControl(speed=0.0))]
         if commands:
             for response in self.client.apply_batch_sync(commands, False):
                 if response.error:
@@ -790,18 +869,36 @@ class CarlaWorld:
     # --- shutting down ---
 
     def close(self) -> None:
-        """Destroy our actors and hand the server back in asynchronous mode (so it does not wait for ticks)."""
+        """Destroy our actors, hand the server back in asynchronous mode (so it does not wait for ticks), and
+        shut the traffic manager down (:meth:`release`)."""
         try:
             self.destroy_ours()
-            self.traffic_manager.set_synchronous_mode(False)
+            if self.traffic_manager is not None:
+                self.traffic_manager.set_synchronous_mode(False)
             settings = self.world.get_settings()
             settings.synchronous_mode = False
             settings.fixed_delta_seconds = None
             self.world.apply_settings(settings)
             if self.config.light_control == "backend":
                 self.world.freeze_all_traffic_lights(False)
+        except (RuntimeError, AttributeError):
+            pass  # the server is gone or unreachable (or was never reached): nothing to hand back
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Shut this world's traffic manager down and free the process for another world. Called before the
+        world is dropped or its server restarted: a traffic manager left registered would still be ticked by
+        every later ``world.tick()`` of this process (and block it, if its server is dead). Safe to call twice."""
+        traffic_manager, self.traffic_manager = self.traffic_manager, None
+        try:
+            if traffic_manager is not None:
+                traffic_manager.shut_down()
         except RuntimeError:
-            pass  # the server is gone or unreachable: nothing to hand back
+            pass  # the server is gone: the local traffic manager is unregistered all the same
+        finally:
+            with _LIVE_LOCK:
+                _LIVE_WORLDS.pop(id(self), None)
 
 
 def _pose(transform) -> tuple[float, ...]:

@@ -24,18 +24,24 @@ class ServiceHost:
     """Owns one backend built from a flat env config; ``handle(method, *args)`` runs one call."""
 
     def __init__(self, env_config: dict[str, Any], num_worlds: int, threads: int = 1):
-        from envs.factory import build_backend, env_config_from_dict
+        from envs.factory import build_local_backend, env_config_from_dict
 
         torch.set_num_threads(threads)
-        # One service of its own, except CARLA: its backend drives one server per world from this process.
-        servers = num_worlds if env_config.get("backend") == "carla" else 1
-        config = env_config_from_dict({**env_config, "num_services": servers, "launcher": "local"})
-        self.backend = build_backend(config, num_worlds=num_worlds)
+        config = env_config_from_dict({**env_config, "num_services": 1, "launcher": "local"})
+        self.backend = build_local_backend(config, num_worlds=num_worlds)
 
     def describe(self) -> dict[str, Any]:
+        """What the parent needs to know: world count, observation size, action bounds, and the process groups
+        of servers this service launched (a CARLA service), so the parent can stop them if the service dies."""
         bounds = getattr(self.backend, "action_bounds", None)
+        groups = getattr(self.backend, "process_groups", None)
         return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size,
-                "action_bounds": None if bounds is None else [list(map(float, b)) for b in bounds]}
+                "action_bounds": None if bounds is None else [list(map(float, b)) for b in bounds],
+                "process_groups": [] if groups is None else [int(g) for g in groups()]}
+
+    def close(self) -> None:
+        """Close the backend (a CARLA backend stops the servers it launched)."""
+        self.backend.close()
 
     def handle(self, method: str, *args):
         backend = self.backend
@@ -60,6 +66,15 @@ class ServiceHost:
             src, dst = args
             backend.clone(src, dst)
             return None
+        if method == "process_groups":  # servers this service launched now (a restart inside it changes them)
+            groups = getattr(backend, "process_groups", None)
+            return [] if groups is None else [int(g) for g in groups()]
+        if method == "set_split":  # a CARLA service: later resets draw train or eval routes
+            (split,) = args
+            return backend.set_split(split)
+        if method == "metrics":  # numbers for the training log (server restarts, restore errors), if any
+            metrics = getattr(backend, "metrics", None)
+            return {} if metrics is None else {k: float(v) for k, v in metrics().items()}
         raise ValueError(f"unknown service method {method!r}")
 
 

@@ -149,6 +149,8 @@ class MultiServiceBackend:
             terminated=torch.cat([to_tensor(p["terminated"]) for p in parts]),
             truncated=torch.cat([to_tensor(p["truncated"]) for p in parts]),
             info={key: torch.cat([to_tensor(p["info"][key]) for p in parts]) for key in info_keys})
+        if "service_failed" in result.info:  # a service may report its own failures (a restarted CARLA server)
+            failed = failed | result.info["service_failed"].bool()
         result.info["service_failed"] = failed
         return result
 

@@ -40,6 +40,10 @@ def _serve_until_closed(connection, env_config: dict[str, Any], num_worlds: int,
     while True:
         method, args = connection.recv()
         if method == "close":
+            try:
+                host.close()  # a CARLA service stops its server here (a forked process runs no atexit hooks)
+            except Exception:
+                traceback.print_exc()
             connection.send(("ok", None))
             return
         try:

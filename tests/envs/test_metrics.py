@@ -78,3 +78,29 @@ def test_summary_of_a_suite():
     assert summary["km_driven"] == pytest.approx(0.45)
     assert summary["collision_vehicle_per_km"] == pytest.approx(1 / 0.45)  # one collision in 450 m
     assert summary["infractions_per_km"] == pytest.approx(1 / 0.45)
+
+
+def test_leaderboard_2_variable_penalties_where_the_backend_measures_them():
+    """Outside route lanes: x (1 - % of the driven route / 100). Min speed: the route in 4 parts; a part driven
+    at p % of the traffic's mean speed costs 1 - 0.3 (1 - p/100); the last part counts past 95 %."""
+    from envs.metrics import EpisodeAccumulator
+
+    accumulator = EpisodeAccumulator(1)
+    records = []
+    for step in range(100):  # 100 m of a 100 m route, 1 m per step
+        info = {"route_completion": torch.tensor([float(step + 1)]), "route_progress_m": torch.tensor([step + 1.0]),
+                "outside_route_lanes_m": torch.tensor([1.0 if step < 10 else 0.0]),  # 10 m outside: 10 %
+                "speed": torch.tensor([4.0 if step < 24 else 8.0]),  # the first part (completion < 25 %) at half speed
+                "traffic_speed": torch.tensor([8.0]), "route_completed": torch.tensor([step == 99])}
+        records += accumulator.update(info, torch.tensor([step == 99]))
+    (record,) = records
+    assert record.outside_route_lanes_pct == pytest.approx(10.0) and record.min_speed_infractions == 1
+    expected = 0.9 * (1.0 - 0.3 * 0.5)
+    assert record.infraction_penalty == pytest.approx(expected)
+    assert record.driving_score == pytest.approx(100.0 * expected) and record.success  # no fixed infraction
+    summary = summarise(records)
+    assert summary["outside_route_lanes_pct"] == pytest.approx(10.0)
+    assert summary["min_speed_infractions_per_km"] == pytest.approx(10.0)  # one in 0.1 km
+    sim = EpisodeAccumulator(1).update({"route_completion": torch.tensor([50.0]),
+                                        "route_progress_m": torch.tensor([50.0])}, torch.tensor([True]))
+    assert sim[0].infraction_penalty == 1.0 and "outside_route_lanes_pct" not in summarise(sim)

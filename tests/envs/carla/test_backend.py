@@ -3,7 +3,6 @@ drift reports) with stand-in worlds: the real episode rules and observations on 
 of a CARLA server. Live tests (test_live.py) run the same backend on real servers."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -12,118 +11,9 @@ import torch
 from envs.api import BackendError, ServiceFailure, Snapshot
 from envs.carla.backend import CarlaBackend, DriftReport, actor_positions, derive_episode_seeds, measure_drift
 from envs.carla.config import CarlaConfig, CarlaTrafficConfig
-from envs.carla.lights import StopLines
-from envs.carla.routes import Route, polyline_yaw
-from envs.carla.state import ActorStates, StepEvents, advance_episode, start_episode
-from envs.carla.world import PlannedRoute, route_data
+from envs.carla.state import ActorStates
 from envs.contract import check_snapshot_contract
-
-
-class FakeTown:
-    """A town with straight 200 m routes, one per lane offset, and no lights."""
-
-    vehicle_blueprints = ["vehicle.lincoln.mkz_2020", "vehicle.tesla.model3"]
-    walker_blueprints: list[str] = []
-    light_keys = [(0.0, 0.0)]
-    route_files: dict = {}
-    stop_lines = StopLines.empty()
-
-    def route_key(self, episode_seed, attempt=0):
-        return 0, episode_seed % 3
-
-    def route(self, kind, route_id):
-        x = np.arange(0.0, 201.0)
-        points = np.stack([x, np.full_like(x, 4.0 * route_id)], axis=1)
-        route = Route(points, np.zeros(len(x)), x.copy(), polyline_yaw(points), [(1, -1)])
-        return PlannedRoute(route, route_data(route, self.stop_lines))
-
-
-class FakeServer:
-    def __init__(self, index):
-        self.index, self.address, self.dead = index, f"fake:{2000 + 4 * index}", False
-
-
-class FakeServers:
-    """Stands in for ServerManager: servers can be marked dead; restart gives a fresh one."""
-
-    launched = True
-
-    def __init__(self, count):
-        self.servers = [FakeServer(i) for i in range(count)]
-        self.restarted: list[int] = []
-
-    def healthy(self, index, timeout_s=5.0):
-        return not self.servers[index].dead
-
-    def restart(self, index):
-        self.restarted.append(index)
-        self.servers[index] = FakeServer(index)
-        return self.servers[index]
-
-    def start(self):
-        return self
-
-    def stop(self):
-        self.servers = []
-
-
-class FakeWorld:
-    """The CarlaWorld interface on a kinematic ego and one traffic car driving at 5 m/s (deterministic, so
-    restores are exact unless ``drift_per_restore`` adds a growing error to the traffic car)."""
-
-    drift_per_restore = 0.0
-
-    def __init__(self, index, server, config, town):
-        self.index, self.server, self.config = index, server, config
-        self.town = town or FakeTown()
-        self.actors = self.episode = None
-        self.restores = 0
-
-    def reset(self, episode_seed):
-        if self.server.dead:
-            raise RuntimeError("time-out of 60000ms while waiting for the simulator")
-        kind, route_id = self.town.route_key(episode_seed)
-        planned = self.town.route(kind, route_id)
-        actors = ActorStates.empty(self.config.traffic.num_vehicles, 0, len(self.town.light_keys))
-        actors.vehicle_valid[:2] = True
-        actors.vehicle_extent[:] = (2.4, 0.95, 0.8)
-        actors.vehicle_pose[0] = (float(episode_seed % 5), 4.0 * route_id, 0.0, 0.0, 0.0, 0.0)
-        actors.vehicle_pose[1] = (30.0, 4.0 * route_id, 0.0, 0.0, 0.0, 0.0)
-        actors.vehicle_velocity[1] = (5.0, 0.0, 0.0)
-        self.actors = actors
-        self.episode = start_episode(episode_seed, kind, route_id, planned.data, actors, 0.5)
-
-    def step(self, control):
-        if self.server.dead:
-            raise RuntimeError("time-out of 60000ms while waiting for the simulator")
-        if self.episode.done:
-            return 0.0, {}
-        dt = self.config.fixed_delta_seconds
-        throttle, brake, steer = (float(v) for v in control)
-        actors = self.actors.copy()
-        speed = float(np.hypot(*actors.vehicle_velocity[0, :2]))
-        speed = min(20.0, max(0.0, speed + (3.0 * throttle - 6.0 * brake) * dt))
-        yaw = actors.vehicle_pose[0, 5] + 20.0 * steer * dt
-        actors.vehicle_pose[0, 5] = yaw
-        actors.vehicle_velocity[0, :2] = (speed * math.cos(math.radians(yaw)), speed * math.sin(math.radians(yaw)))
-        actors.vehicle_pose[:, :2] += actors.vehicle_velocity[:, :2] * dt
-        actors.vehicle_control[0] = (throttle, steer, brake, 0.0, 0.0)
-        planned = self.town.route(self.episode.route_kind, self.episode.route_id)
-        self.episode, reward, info = advance_episode(self.config, self.episode, planned.data, self.town.stop_lines,
-                                                     actors, np.array([throttle, brake, steer]), StepEvents())
-        self.actors = actors
-        return reward, info
-
-    def restore(self, actors, episode):
-        if self.server.dead:
-            raise RuntimeError("connection refused")
-        self.restores += 1
-        self.actors = actors.copy()
-        self.actors.vehicle_pose[1, 0] += self.drift_per_restore * self.restores
-        self.episode = episode
-
-    def close(self):
-        pass
+from tests.envs.carla.stand_ins import FakeServers, FakeWorld
 
 
 def make_backend(num_worlds=4, **overrides):
@@ -144,9 +34,11 @@ def test_reset_step_and_info():
     result = backend.step(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
     assert result.reward[0] > 0 and result.reward[1] == 0
     for name in ("route_progress_m", "route_completion", "distance_m", "speed", "route_completed", "lane_invasion",
-                 "collision_vehicle", "red_light", "timeout", "service_failed"):
+                 "collision_vehicle", "red_light", "timeout", "service_failed", "outside_route_lanes",
+                 "outside_route_lanes_m", "traffic_speed"):
         assert result.info[name].shape == (2,)
     assert not result.info["service_failed"].any()
+    assert result.info["traffic_speed"].tolist() == [5.0, 5.0]  # the stand-in's traffic car drives at 5 m/s
     backend.close()
     backend.close()  # twice is fine
 
@@ -191,10 +83,9 @@ def test_a_dead_server_is_restarted_and_its_world_reported_failed():
     assert backend.servers.restarted == [1] and backend.worlds[1].episode.step == 0  # a fresh episode
     snapshot = backend.snapshot([0])
     backend.servers.servers[2].dead = True
-    with pytest.raises(ServiceFailure, match="service 2"):
-        backend.restore(snapshot, [2])
-    backend.restore(snapshot, [2])  # the restarted server takes it (the rollout retries once)
-    assert backend.metrics()["carla/restarts"] == 2.0
+    backend.restore(snapshot, [2])  # server 2 fails, is restarted (its old world released), and takes it
+    assert backend.servers.restarted == [1, 2] and backend.metrics()["carla/restarts"] == 2.0
+    assert torch.equal(backend.observe([2]), backend.observe([0]))
 
 
 def test_errors_that_are_not_a_dead_server_are_call_errors():
@@ -263,33 +154,69 @@ def test_actor_positions_mark_empty_slots():
     assert positions.shape == (4, 2) and positions[0].tolist() == [3.0, 4.0] and np.isnan(positions[1:]).all()
 
 
-def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, monkeypatch):
-    """train.py's path with env=carla (factory -> CarlaBackend -> rollout in waves -> checkpoint), with
-    stand-in servers and worlds in place of CARLA."""
-    import envs.carla.world
-    from envs.carla.server import ServerManager
+@pytest.mark.slow
+def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root):
+    """train.py's path with env=carla: factory -> one service process per server (stand-in CarlaUE4.sh
+    servers, stand-in worlds) -> rollout in waves -> drift between servers logged -> periodic evaluation on
+    the same servers -> checkpoint."""
     from grpo.checkpoint import load_checkpoint
     from grpo.config import train_config_from_dict
     from grpo.trainer import Trainer
 
-    monkeypatch.setattr(envs.carla.world, "CarlaWorld", FakeWorld)
-    monkeypatch.setattr(ServerManager, "from_config",
-                        classmethod(lambda cls, config, count, start_timeout_s=120.0: FakeServers(count)))
     config = train_config_from_dict({
         "run_name": "carla", "seed": 0,
         "env": {"backend": "carla", "num_services": 2, "worlds_per_service": 1, "drift_check_every": 3,
-                "traffic": {"num_vehicles": 2}},
+                "drift_check_steps": 4, "carla_root": str(stand_in_root), "log_dir": str(tmp_path / "servers"),
+                "world_class": "tests.envs.carla.stand_ins:FakeWorld", "traffic": {"num_vehicles": 2}},
         "grpo": {"iterations": 2, "num_trunks": 2, "group_size": 2, "branch_horizon": 5, "num_minibatches": 2},
         "policy": {"hidden_sizes": [16, 16]},
-        "eval": {"every": 0},
+        "eval": {"every": 2, "num_routes": 3, "max_steps": 5},  # on the trainer's own servers, in 2 waves
         "pretrain": {"updates": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1},
         "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
                    "picture_every": 0, "progress_bar": False},
     })
     trainer = Trainer(config)
-    assert trainer.backend.num_worlds == 2 and trainer.rollout.num_waves == 2  # 4 branches over 2 servers
-    metrics = trainer.train()
-    assert np.isfinite(metrics["reward/mean"])
+    try:
+        assert trainer.backend.num_worlds == 2 and trainer.rollout.num_waves == 2  # 4 branches over 2 servers
+        assert len(set(trainer.backend.pids)) == 2
+        metrics = trainer.train()
+    finally:
+        trainer.backend.close()  # train() closes it too; a failed assertion above must not leave servers
+    assert np.isfinite(metrics["reward/mean"]) and metrics["eval/num_routes"] == 3.0
+    assert metrics["services/restarts"] == 0.0  # no second backend was opened for the evaluation
+    # the stand-in worlds restore exactly, so two servers replaying one snapshot agree to the millimetre
+    assert metrics["drift/servers"] == 2.0 and metrics["drift/ego_m"] == pytest.approx(0.0, abs=1e-9)
     state = load_checkpoint(tmp_path / "ckpt" / "carla" / "last.pt")
     assert state["iteration"] == 2 and state["config"]["env"]["backend"] == "carla"
+
+
+def test_evaluation_reuses_the_backend_on_eval_routes_and_hands_it_back():
+    from envs.factory import EnvConfig
+    from grpo.config import EvalConfig
+    from grpo.evaluation import evaluate_policy
+    from tests.envs.carla.stand_ins import FakeWorld
+
+    seen = []
+
+    class Recording(FakeWorld):
+        def reset(self, episode_seed):
+            seen.append(self.config.split)
+            super().reset(episode_seed)
+
+    backend = CarlaBackend(CarlaConfig(num_worlds=2, drift_check_every=0, traffic=CarlaTrafficConfig(num_vehicles=2)),
+                           servers=FakeServers(2), world_factory=Recording)
+    assert backend.evaluates_in_place
+
+    from grpo.baselines import ControllerDriver
+
+    def cruise(observation):
+        return torch.tensor([[0.5, 0.0, 0.0]] * observation.shape[0])
+
+    result = evaluate_policy(ControllerDriver(cruise), EnvConfig("carla", backend_config=backend.config),
+                             EvalConfig(num_routes=3, max_steps=4), "cpu", backend=backend)
+    assert result.metrics["eval/num_routes"] == 3.0
+    assert seen and set(seen) == {"eval"} and backend.config.split == "train"
+    assert backend.set_split("eval") == "train" and backend.set_split("train") == "eval"
+    with pytest.raises(BackendError, match="split"):
+        backend.set_split("test")

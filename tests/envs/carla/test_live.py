@@ -1,18 +1,26 @@
-"""Live tests on real CARLA 0.9.16 servers; skipped unless CARLA_ROOT or CARLA_HOSTS is set.
+"""Live tests on real CARLA 0.9.16 servers; skipped unless CARLA_ROOT or CARLA_HOSTS is set. NEVER RUN YET: no
+CARLA server can run on the machines this project is developed on, so these tests (and their thresholds)
+await a first run on a GPU machine.
 
     CARLA_ROOT=/opt/carla-0.9.16 pytest -m live tests/envs/carla          # launches servers as needed
     CARLA_HOSTS=127.0.0.1:2000,127.0.0.1:2004 pytest -m live tests/envs/carla   # uses running servers
 
-With CARLA_HOSTS, a test that needs more servers than listed is skipped (the contract check runs two
+Every backend here is built as training builds it (envs.factory.build_backend: one service process per
+server). With CARLA_HOSTS, a test that needs more servers than listed is skipped (the contract check runs two
 backends side by side: it needs 8). CARLA_TOWN picks the map (default Town10HD_Opt).
 
-Tolerances. A restore is approximate (envs/carla/world.py lists what CARLA cannot restore), so the contract
-check runs with ``atol`` taken from a drift measurement made first: a position drift of d metres over the
-replay moves the observation's positions by d / 50, its speeds by about 2d / 10 (the drift accrues over one
-second) and the reward by 0.1 d per step, so ``atol = max(0.02, 0.3 * d)``. The drift itself is asserted to
-stay small between two restores of one snapshot (what separates a GRPO group's branches): under 0.5 m for the
-ego and 2 m for other actors over 20 steps (1 s); these bounds are deliberately loose until measured numbers
-are recorded (see the README's "Training on CARLA").
+What can fail, and why the thresholds are what they are:
+
+* **Read-back.** A restore reads the world back from the server after its settling tick. The ego must land
+  within RESTORE_EGO_M of the snapshot (positions are back-dated to first order: at 3 m/s^2 over 0.05 s the
+  error is about 4 mm; suspension and wheel contact add some) and every other actor within RESTORE_ACTORS_M.
+* **Drift between servers** (what separates a GRPO group's branches that is not the policy's doing): one
+  snapshot restored onto two servers, the same 20 random ego controls (1 s) replayed on both; the ego must stay
+  within DRIFT_EGO_M and the traffic within DRIFT_ACTORS_M of its twin. These bounds are deliberately loose
+  until measured numbers are recorded (docs/carla.md).
+* The contract check runs with ``atol`` from a drift measurement made first: a drift of d metres moves the
+  observation's positions by d / 50, its speeds by about 2d / 10 and the reward by 0.1 d per step, so
+  ``atol = max(0.02, 0.3 * d)``.
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ import numpy as np
 import pytest
 import torch
 
-from envs.carla.backend import CarlaBackend, measure_drift
-from envs.carla.config import CarlaConfig, CarlaTrafficConfig
+from envs.api import Snapshot
+from envs.carla.drift import measure_server_drift
 from envs.contract import check_snapshot_contract, random_actions
+from envs.factory import build_backend, env_config_from_dict
 
 ROOT = Path(__file__).parents[3]
 HOSTS = [h for h in os.environ.get("CARLA_HOSTS", "").split(",") if h]
 TOWN = os.environ.get("CARLA_TOWN", "Town10HD_Opt")
+RESTORE_EGO_M, RESTORE_ACTORS_M = 0.1, 0.25
+DRIFT_EGO_M, DRIFT_ACTORS_M = 0.5, 2.0
 
 pytestmark = [
     pytest.mark.live,
@@ -41,20 +52,21 @@ pytestmark = [
 ]
 
 
-def live_config(num_worlds: int, first_host: int = 0, **overrides) -> CarlaConfig:
+def live_backend(num_worlds: int, first_host: int = 0, **overrides):
+    """``num_worlds`` servers, each driven by its own service process, as training runs them."""
     if HOSTS and len(HOSTS) < first_host + num_worlds:
         pytest.skip(f"needs {first_host + num_worlds} servers in CARLA_HOSTS, got {len(HOSTS)}")
     servers = {"hosts": HOSTS[first_host:first_host + num_worlds]} if HOSTS else {}
-    values = {"num_worlds": num_worlds, "town": TOWN, "drift_check_every": 0,
-              "traffic": CarlaTrafficConfig(num_vehicles=10), **servers, **overrides}
-    return CarlaConfig(**values)
+    env = {"backend": "carla", "num_services": num_worlds, "worlds_per_service": 1, "town": TOWN,
+           "drift_check_every": 0, "start_timeout_s": 300.0, "traffic": {"num_vehicles": 10}, **servers, **overrides}
+    return build_backend(env_config_from_dict(env), num_worlds=num_worlds)
 
 
 @pytest.fixture(scope="class")
 def pair():
-    """Two worlds, shared by the tests of TestTwoWorlds and closed after them (so the servers are free for the
-    tests that follow)."""
-    backend = CarlaBackend(live_config(2), start_timeout_s=300.0)
+    """Two servers, shared by the tests of TestTwoServers and closed after them (so the servers are free for
+    the tests that follow)."""
+    backend = live_backend(2)
     yield backend
     backend.close()
 
@@ -66,10 +78,15 @@ def drive(backend, steps, throttle=0.5, steer=0.0):
     return result
 
 
-class TestTwoWorlds:
-    """Two servers: stepping, restoring onto the other server, drift between restores."""
+def ego_xy(snapshot: Snapshot, world: int = 0) -> np.ndarray:
+    return snapshot.tensors["vehicle_pose"][world, 0, :2].numpy()
+
+
+class TestTwoServers:
+    """Two servers, two service processes: stepping, restoring onto the other server, drift between them."""
 
     def test_reset_and_step(self, pair):
+        assert len(set(pair.pids)) == 2 and os.getpid() not in pair.pids  # never two servers in one process
         obs = pair.reset([11, 12])
         assert obs.shape == (2, pair.observation_size) and torch.isfinite(obs).all()
         result = drive(pair, 40)
@@ -77,31 +94,28 @@ class TestTwoWorlds:
         assert (result.info["speed"] > 0.5).all() and (result.info["route_progress_m"] > 0).all()
         assert not result.info["service_failed"].any()
 
-    def test_restore_onto_another_server(self, pair):
-        pair.reset([21, 21])
+    def test_a_restore_is_read_back_from_the_other_server(self, pair):
+        pair.reset([21, 22])
         drive(pair, 20)
         snapshot = pair.snapshot([0])
-        obs = pair.restore(snapshot, [1])
-        assert torch.equal(obs[0], pair.observe([0])[0])  # the observation is the snapshot's, exactly
-        actions = random_actions(2, 20, seed=5)
-        actions[:, 1] = actions[:, 0]
-        trajectories = [[], []]
-        for step_actions in actions:
-            pair.step(step_actions)
-            for world in (0, 1):
-                trajectories[world].append(pair.worlds[world].actors.vehicle_pose[0, :2].copy())
-        drift = np.linalg.norm(np.array(trajectories[0]) - np.array(trajectories[1]), axis=1)
-        print(f"ego drift restored on another server vs source over 20 steps (m): {np.round(drift, 3).tolist()}")
-        assert drift.max() < 2.0
+        pair.restore(snapshot, [1])
+        landed = pair.capture([1])  # what server 1 holds after the settling tick, read back
+        error = float(np.linalg.norm(ego_xy(landed) - ego_xy(snapshot)))
+        metrics = pair.metrics()
+        print(f"restore read-back: ego {error:.4f} m; service metrics {metrics}")
+        assert error < RESTORE_EGO_M
+        assert metrics["carla/restore_error/actors_max_m"] < RESTORE_ACTORS_M
 
-    def test_drift_between_restores_is_small(self, pair):
+    def test_drift_between_two_servers_is_small(self, pair):
         pair.reset([31, 32])
         drive(pair, 20)
-        report = measure_drift(pair, 0, random_actions(1, 20, seed=9)[:, 0])
-        print("drift:", report.summary())
+        snapshot = pair.snapshot([0])
+        report = measure_server_drift(pair, snapshot, random_actions(1, 20, seed=9)[:, 0])
         summary = report.summary()
-        assert summary["drift_between_restores/ego_m"] < 0.5
-        assert summary["drift_between_restores/actors_max_m"] < 2.0
+        print("drift between servers:", summary, "per step (ego):", np.round(report.spread[:, 0], 3).tolist())
+        assert summary["drift/restore_error_ego_m"] < RESTORE_EGO_M
+        assert summary["drift/ego_max_m"] < DRIFT_EGO_M
+        assert summary["drift/actors_max_m"] < DRIFT_ACTORS_M
 
 
 def test_live_snapshot_contract():
@@ -109,16 +123,15 @@ def test_live_snapshot_contract():
 
     def make_backend():
         # the checker keeps its first backend open while it builds a twin and then a fresh one
-        first_host = 0 if not built else 4
-        backend = CarlaBackend(live_config(4, first_host), start_timeout_s=300.0)
+        backend = live_backend(4, 0 if not built else 4)
         built.append(backend)
         return backend
 
     probe = make_backend()
     probe.reset(0)
     drive(probe, 10)
-    report = measure_drift(probe, 0, random_actions(1, 20, seed=2)[:, 0])
-    drift = np.nanmax(np.concatenate([report.vs_source.ravel(), report.between_restores.ravel()]))
+    report = measure_server_drift(probe, probe.snapshot([0]), random_actions(1, 20, seed=2)[:, 0])
+    drift = np.nanmax(np.concatenate([report.spread.ravel(), report.restore_error.ravel()]))
     atol = max(0.02, 0.3 * float(drift))
     print(f"max drift {drift:.3f} m -> contract atol {atol:.3f}")
     first = [probe]
@@ -135,12 +148,14 @@ def test_live_snapshot_contract():
 
 @pytest.mark.skipif(bool(HOSTS), reason="kills a server: only with servers this test launches (CARLA_ROOT)")
 def test_live_a_killed_server_is_restarted():
-    backend = CarlaBackend(live_config(1, client_timeout_s=20.0), start_timeout_s=300.0)
+    backend = live_backend(1, client_timeout_s=20.0)
     try:
         backend.reset(0)
-        os.killpg(backend.servers.servers[0].pid, signal.SIGKILL)  # a server this test launched
+        (server,) = backend.services[0].description["process_groups"]
+        os.killpg(server, signal.SIGKILL)  # a server this test launched (through its service)
         result = backend.step(torch.zeros(1, 3))
-        assert result.info["service_failed"].tolist() == [True] and backend.restarts == 1
+        assert result.info["service_failed"].tolist() == [True]
+        assert backend.metrics()["carla/server_restarts"] == 1.0
         assert torch.isfinite(backend.step(torch.zeros(1, 3)).observation).all()
     finally:
         backend.close()

@@ -212,7 +212,11 @@ def test_terminal_infractions_end_the_episode():
     episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(), 0.0)
     ended, reward, info = step(episode, actors_with_ego(), events=StepEvents(on_road=False))
     assert info["off_road"] and ended.terminated and reward == pytest.approx(-10.0)
-    ended, _, info = step(episode, actors_with_ego(y=-16.0))  # CARLA y = -16: 16 m left of the route
+    # leaderboard 2.0 (the CARLA default): 30 m off the route is a deviation; the built-in simulator's 15 m
+    assert not step(episode, actors_with_ego(y=-16.0))[2]["route_deviation"]  # CARLA y = -16: 16 m to the left
+    ended, _, info = step(episode, actors_with_ego(y=-31.0))
+    assert info["route_deviation"] and ended.terminated
+    ended, _, info = step(episode, actors_with_ego(y=-16.0), config=dataclasses.replace(CONFIG, route_deviation_m=15))
     assert info["route_deviation"] and ended.terminated
     hit = StepEvents(collisions=[(1_000_123, "collision_static")])
     ended, _, info = step(episode, actors_with_ego(), events=hit)
@@ -221,13 +225,22 @@ def test_terminal_infractions_end_the_episode():
 
 def test_red_light_blocked_timeout_and_completion():
     lines = StopLines(np.array([[30.0, -2.0]]), np.array([[30.0, 2.0]]), np.array([[1.0, 0.0]]), np.array([1]))
-    episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(x=27.0), 0.0)  # front at 29.4
+    front = dataclasses.replace(CONFIG, red_light_rule="front")  # the built-in simulator's rule
+    episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(x=27.0), 0.0, "front")  # front at 29.4
     actors = actors_with_ego(x=28.0)  # front at 30.4: crosses the line
     actors.light_state[1] = RED
-    _, reward, info = step(episode, actors, lines=lines)
+    _, reward, info = step(episode, actors, lines=lines, config=front)
     assert info["red_light"] and reward == pytest.approx(0.1 - CONFIG.reward.red_light)
     actors.light_state[1] = GREEN
-    assert not step(episode, actors, lines=lines)[2]["red_light"]
+    assert not step(episode, actors, lines=lines, config=front)[2]["red_light"]
+    # leaderboard 2.0 (the CARLA default): the tail counts, 0.8 half-lengths (1.92 m) behind the centre
+    actors.light_state[1] = RED
+    episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(x=27.0), 0.0)
+    assert not step(episode, actors, lines=lines)[2]["red_light"]  # the front crossed under red: not yet
+    episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(x=31.5), 0.0)  # tail at 29.58
+    tail_over = actors_with_ego(x=32.5)  # tail at 30.58
+    tail_over.light_state[1] = RED
+    assert step(episode, tail_over, lines=lines)[2]["red_light"]
 
     config = dataclasses.replace(CONFIG, blocked_time_s=1.0, max_episode_steps=100)
     episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(), 0.0)
@@ -298,3 +311,38 @@ def test_settings_are_reapplied_only_after_another_client_changed_them():
     world.ensure_settings()
     assert world.world.calls == ["apply", "tm sync True", "freeze True"]
     assert world.world.settings.synchronous_mode and world.world.settings.fixed_delta_seconds == pytest.approx(0.05)
+
+
+def test_leaderboard_measurements_outside_route_lanes_and_traffic_speed():
+    episode = start_episode(0, 0, 0, straight_route(), actors_with_ego(x=10.0), 0.0)
+    moved = actors_with_ego(x=11.0, speed=5.0)
+    moved.vehicle_valid[1:3] = True
+    moved.vehicle_velocity[1] = (4.0, 3.0, 0.0)  # 5 m/s
+    moved.vehicle_velocity[2] = (0.0, 0.0, 0.0)
+    _, _, info = step(episode, moved, events=StepEvents(on_road=True, lane_yaw=0.0))  # a lane running the route's way
+    assert not info["outside_route_lanes"] and info["outside_route_lanes_m"] == 0.0
+    assert info["traffic_speed"] == pytest.approx(2.5)  # the mean over the two traffic cars present
+    _, _, info = step(episode, moved, events=StepEvents(on_road=True, lane_yaw=180.0))  # the opposite lane
+    assert info["outside_route_lanes"] and info["outside_route_lanes_m"] == pytest.approx(1.0)
+    assert step(episode, moved, events=StepEvents(on_road=False))[2]["outside_route_lanes"]
+    assert step(episode, actors_with_ego(x=11.0))[2]["traffic_speed"] == 0.0  # no traffic
+
+
+def test_a_restore_is_remeasured_on_what_the_server_holds():
+    from envs.carla.state import remeasure_episode, restore_error
+
+    wanted = actors_with_ego(x=50.0, speed=8.0)
+    wanted.vehicle_valid[1] = True
+    wanted.vehicle_pose[1, :2] = (80.0, 0.0)
+    episode = dataclasses.replace(start_episode(3, 0, 0, straight_route(), wanted, 0.5), step=40, distance_m=40.0)
+    landed = wanted.copy()
+    landed.vehicle_pose[0, :2] = (50.3, -0.4)  # CARLA y = -0.4: 0.4 m left of the route
+    landed.vehicle_velocity[0, 0] = 7.5
+    landed.vehicle_pose[1, :2] = (80.0, 1.2)
+    error = restore_error(wanted, landed)
+    assert error["ego_m"] == pytest.approx(0.5) and error["actors_max_m"] == pytest.approx(1.2)
+    assert error["ego_speed_ms"] == pytest.approx(0.5)
+    again = remeasure_episode(episode, straight_route(), landed)
+    assert again.route_s == pytest.approx(50.3) and again.lateral_offset == pytest.approx(0.4)
+    assert again.speed == pytest.approx(7.5) and (again.step, again.distance_m) == (40, 40.0)
+    assert again.front_x == pytest.approx(50.3 - 0.8 * 2.4)  # the tail point of the red-light rule
