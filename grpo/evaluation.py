@@ -43,6 +43,7 @@ from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.checkpoint import CheckpointError, load_checkpoint
 from grpo.config import EvalConfig
 from grpo.policy import HeldActions, PolicyConfig, build_policy
+from grpo.progress import Progress
 
 Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 DEFAULT_DT = 0.1  # s per step, for backends that do not say (the built-in simulator and CARLA's default)
@@ -177,8 +178,9 @@ def evaluate_policy(driver: Driver, env_config: EnvConfig, config: EvalConfig, d
         limit = getattr(getattr(backend, "config", None), "max_episode_steps", 10_000)
         max_steps = config.max_steps or limit
         dt = float(getattr(getattr(backend, "config", None), "dt", DEFAULT_DT))
+        progress = Progress("evaluation:", len(seeds), unit="routes finished")
         parts = [_drive_wave(driver, backend, seeds[start:start + backend.num_worlds], start, config.deterministic,
-                             generator, device, max_steps, dt, num_gifs, num_maps, gif_every)
+                             generator, device, max_steps, dt, num_gifs, num_maps, gif_every, progress)
                  for start in range(0, len(seeds), backend.num_worlds)]
     finally:
         if previous_split is not None and not own_backend:
@@ -231,7 +233,7 @@ class _Wave:
 
 def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index: int, deterministic: bool,
                 generator: torch.Generator, device: torch.device | str, max_steps: int, dt: float, num_gifs: int,
-                num_maps: int, gif_every: int) -> _Wave:
+                num_maps: int, gif_every: int, progress: Progress | None = None) -> _Wave:
     """Routes ``seeds`` in worlds 0..len(seeds)-1 (idle worlds of a partial wave repeat the first seed and are
     ignored). ``first_index`` is the suite index of ``seeds[0]``, for the num_gifs / num_maps routes."""
     n = len(seeds)
@@ -273,6 +275,8 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
         speeds.append(info["speed"].double() if "speed" in info else torch.zeros(n, dtype=torch.float64))
         lives.append(live)
         done |= ended
+        if progress is not None:
+            progress.update(first_index + int(done.sum()) if step < max_steps else first_index + n)
         obs = result.observation
         if positions is not None:
             positions.append(_positions(state, n))

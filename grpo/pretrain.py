@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from envs.api import Backend
 from envs.sim.expert import ExpertDriver
 from grpo.distributions import raw_to_control
-from grpo.policy import CNNPolicy, HeldActions, MLPPolicy
+from grpo.policy import CNNPolicy, EntityPolicy, HeldActions, MLPPolicy
+from grpo.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -76,21 +77,31 @@ def control_to_raw(control: Tensor) -> Tensor:
     return torch.stack([(acceleration + 1.0) / 2.0, (control[:, 2] + 1.0) / 2.0], dim=-1).clamp(0.0, 1.0)
 
 
-def warm_start(policy: MLPPolicy | CNNPolicy, backend: Backend, config: PretrainConfig, seeds: Iterable[int],
-               generator: torch.Generator, report: Callable[[str], None] = print) -> dict[str, float]:
+def warm_start(policy: MLPPolicy | CNNPolicy | EntityPolicy, backend: Backend, config: PretrainConfig,
+               seeds: Iterable[int], generator: torch.Generator, report: Callable[[str], None] = print,
+               should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
     """Clone the expert into ``policy``: DART demonstrations, a fit, then ``config.dagger_rounds`` DAgger
     rounds on the states the clone itself visits. Episodes use the seeds of ``seeds`` in turn. Returns the
-    last fit's metrics (grpo/pretrain.py's module docstring says why both steps)."""
+    last fit's metrics (grpo/pretrain.py's module docstring says why both steps). Raises
+    :class:`~grpo.progress.Interrupted` within a step or an update of ``should_stop()`` turning true."""
     expert = ExpertDriver()
     seeds = iter(seeds)
-    observations, labels = collect_demonstrations(backend, expert, config.demo_steps, seeds, config.noise, generator)
-    metrics = behaviour_cloning(policy, observations, labels, config, generator)
+    report(f"pretrain: cloning the expert: {config.demo_steps:,} demonstration steps x {backend.num_worlds} worlds, "
+           f"{config.updates:,} updates, then {config.dagger_rounds} DAgger rounds of {config.dagger_steps:,} steps "
+           f"and {config.dagger_updates:,} updates")
+    observations, labels = collect_demonstrations(backend, expert, config.demo_steps, seeds, config.noise, generator,
+                                                  report=report, should_stop=should_stop)
+    metrics = behaviour_cloning(policy, observations, labels, config, generator, report=report,
+                                should_stop=should_stop)
     report(f"pretrain: fitted {len(labels):,} demonstrations (mode error {metrics['pretrain/mode_error']:.3f})")
     for round_ in range(1, config.dagger_rounds + 1):
-        visited = drive_policy(backend, policy, config.dagger_steps, seeds, generator)
+        label = f"pretrain: DAgger round {round_}/{config.dagger_rounds}"
+        visited = drive_policy(backend, policy, config.dagger_steps, seeds, generator, report=report, label=label,
+                               should_stop=should_stop)
         observations = torch.cat([observations, visited])
         labels = torch.cat([labels, expert_labels(expert, visited)])
-        metrics = behaviour_cloning(policy, observations, labels, config, generator, updates=config.dagger_updates)
+        metrics = behaviour_cloning(policy, observations, labels, config, generator, updates=config.dagger_updates,
+                                    report=report, label=f"{label}, fit", should_stop=should_stop)
         report(f"pretrain: DAgger round {round_}/{config.dagger_rounds}, {len(labels):,} samples "
                f"(mode error {metrics['pretrain/mode_error']:.3f})")
     metrics["pretrain/updates"] = float(config.updates + config.dagger_rounds * config.dagger_updates)
@@ -105,7 +116,8 @@ def expert_labels(expert: ExpertDriver, observations: Tensor) -> Tensor:
 
 @torch.no_grad()
 def collect_demonstrations(backend: Backend, expert: ExpertDriver, steps: int, seeds: Iterable[int], noise: float,
-                           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                           generator: torch.Generator, report: Callable[[str], None] | None = None,
+                           should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, Tensor]:
     """Drive every world of ``backend`` for ``steps`` steps with the expert's controls plus noise; every
     episode (the first ones and those that start when one ends) takes the next seed of ``seeds``. Returns
     observations [M, obs] and the expert's clean raw actions [M, 2] of the live steps."""
@@ -116,13 +128,15 @@ def collect_demonstrations(backend: Backend, expert: ExpertDriver, steps: int, s
         labels.append(clean)
         return raw_to_control((clean + noise * torch.randn(clean.shape, generator=generator)).clamp(0.0, 1.0))
 
-    observations = _drive(backend, steps, seeds, noisy_expert)
+    observations = _drive(backend, steps, seeds, noisy_expert, Progress("pretrain: demonstrations", steps,
+                                                                        report=report, should_stop=should_stop))
     return observations, torch.cat(labels)
 
 
 @torch.no_grad()
-def drive_policy(backend: Backend, policy: MLPPolicy | CNNPolicy, steps: int, seeds: Iterable[int],
-                 generator: torch.Generator) -> Tensor:
+def drive_policy(backend: Backend, policy: MLPPolicy | CNNPolicy | EntityPolicy, steps: int, seeds: Iterable[int],
+                 generator: torch.Generator, report: Callable[[str], None] | None = None,
+                 label: str = "pretrain: the clone drives", should_stop: Callable[[], bool] | None = None) -> Tensor:
     """Drive every world of ``backend`` for ``steps`` steps with the policy's sampled actions, held for its
     ``action_repeat`` steps as in training (a world whose episode restarts finishes the held steps it was in);
     episodes take the seeds of ``seeds`` in turn. Returns the observations [M, obs] it saw."""
@@ -131,10 +145,12 @@ def drive_policy(backend: Backend, policy: MLPPolicy | CNNPolicy, steps: int, se
         int(torch.randint(2**62, (1,), generator=generator)))  # sampling on the policy's device
     driver = HeldActions(policy)
     policy.eval()
-    return _drive(backend, steps, seeds, lambda obs, step: driver.act(obs.to(device), step, generator=sampler)[1])
+    return _drive(backend, steps, seeds, lambda obs, step: driver.act(obs.to(device), step, generator=sampler)[1],
+                  Progress(label, steps, report=report, should_stop=should_stop))
 
 
-def _drive(backend: Backend, steps: int, seeds: Iterable[int], act: Callable[[Tensor, int], Tensor]) -> Tensor:
+def _drive(backend: Backend, steps: int, seeds: Iterable[int], act: Callable[[Tensor, int], Tensor],
+           progress: Progress | None = None) -> Tensor:
     """Drive every world of ``backend`` for ``steps`` steps with ``act(obs [N, obs] on the CPU, step) ->
     controls``; every episode takes the next seed of ``seeds``. Returns the observations [steps * N, obs]."""
     next_seed = iter(seeds)
@@ -151,33 +167,40 @@ def _drive(backend: Backend, steps: int, seeds: Iterable[int], act: Callable[[Te
             fresh = backend.reset([next(next_seed) for _ in ended], ended)
             obs = obs.cpu().clone()
             obs[ended] = fresh.cpu()
+        if progress is not None:
+            progress.update(step + 1)
     return torch.cat(observations)
 
 
-def behaviour_cloning(policy: nn.Module, observations: Tensor, labels: Tensor, config: PretrainConfig,
-                      generator: torch.Generator, updates: int | None = None) -> dict[str, float]:
+def behaviour_cloning(policy: MLPPolicy | CNNPolicy | EntityPolicy, observations: Tensor, labels: Tensor,
+                      config: PretrainConfig, generator: torch.Generator, updates: int | None = None,
+                      report: Callable[[str], None] | None = None, label: str = "pretrain: fit",
+                      should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Maximum likelihood of the labels under the policy's Beta distribution, with Adam, for ``updates``
     steps (``config.updates`` by default); returns the final ``pretrain/nll`` (mean over the last 10% of
     updates) and ``pretrain/mode_error`` (mean absolute error of the deterministic action on all samples)."""
     updates = config.updates if updates is None else updates
     device = next(policy.parameters()).device
     labels = labels.clamp(config.label_margin, 1 - config.label_margin).to(device)
-    observations = observations.to(device)
+    with torch.no_grad():  # the network's inputs, derived once (the obstacle reading is the costly part)
+        inputs = torch.cat([policy.encode(chunk.to(device)) for chunk in observations.split(65536)])
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     policy.train()
     losses = []
-    for _ in range(updates):
+    progress = Progress(label, updates, unit="updates", report=report, should_stop=should_stop)
+    for update in range(updates):
         index = torch.randint(0, len(labels), (config.batch_size,), generator=generator).to(device)
-        loss = -policy(observations[index]).log_prob(labels[index]).mean()
+        loss = -policy.distribution(inputs[index]).log_prob(labels[index]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        progress.update(update + 1)
     policy.eval()
     with torch.no_grad():
-        error = torch.cat([(policy(chunk).mode() - target).abs().mean(-1)
-                           for chunk, target in zip(observations.split(8192), labels.split(8192), strict=True)])
+        error = torch.cat([(policy.distribution(chunk).mode() - target).abs().mean(-1)
+                           for chunk, target in zip(inputs.split(8192), labels.split(8192), strict=True)])
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {"pretrain/nll": sum(tail) / len(tail), "pretrain/mode_error": error.mean().item(),
             "pretrain/samples": float(len(labels)), "pretrain/updates": float(updates)}

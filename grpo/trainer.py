@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -37,6 +40,7 @@ from grpo.evaluation import EvalResult, evaluate_policy
 from grpo.loss import grpo_loss
 from grpo.policy import build_policy, decision_steps
 from grpo.pretrain import warm_start
+from grpo.progress import Interrupted
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
 
@@ -96,20 +100,30 @@ class Trainer:
         self.loss_config = grpo.loss_config(len(decision_steps(self.policy.action_repeat, grpo.trained_steps)))
         self.logger: RunLogger | None = None
         self.last_evaluation: EvalResult | None = None
+        self.stop_requested = False  # set by SIGINT / SIGTERM during train(): stop at the next safe point
 
     # --- the loop -----------------------------------------------------------------------------------------
 
     def train(self) -> dict[str, float]:
-        """Run (or resume) training to ``grpo.iterations``; returns the last iteration's metrics."""
-        self.begin()
+        """Run (or resume) training to ``grpo.iterations``; returns the last iteration's metrics.
+
+        SIGINT (Ctrl-C) or SIGTERM asks it to stop at the next safe point: after the current iteration it
+        writes ``last.pt`` and raises :class:`~grpo.progress.Interrupted` (during the warm start it stops
+        within a step, with nothing to resume yet). A second signal stops at once. The backend (and every
+        service process) is closed either way."""
         metrics: dict[str, float] = {}
-        progress = self._progress_bar()
+        progress = None
         try:
-            while self.iteration < self.config.grpo.iterations:
-                metrics = self.train_iteration()
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(_key_figures(metrics), refresh=False)
+            with _stop_on_signal(self):
+                self.begin()
+                progress = self._progress_bar()
+                while self.iteration < self.config.grpo.iterations:
+                    metrics = self.train_iteration()
+                    if progress is not None:  # the figures shown belong to the iteration just counted
+                        progress.set_postfix(_key_figures(metrics), refresh=False)
+                        progress.update(1)
+                    if self.stop_requested:
+                        raise Interrupted(save_checkpoint(self.state_dict(), self.checkpoints.last), self.iteration)
         finally:
             if progress is not None:
                 progress.close()
@@ -126,6 +140,9 @@ class Trainer:
         else:
             pretrain_metrics = self.pretrain()
             self.rollout.start()
+            if pretrain_metrics:  # the clone is minutes of work: never lose it
+                path = save_checkpoint(self.state_dict(), self.checkpoints.last)
+                print(f"pretrain: the clone is saved in {path} (resume=auto starts GRPO from it)", flush=True)
         self.logger = RunLogger(self.config.logger, self.config.run_name, self.config.to_dict())
         for notice in self.logger.notices:
             print(notice)
@@ -149,7 +166,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed + 3)
         seeds = rng.mix(self.config.seed, torch.arange(1_000_000), 0xB0C).tolist()
         metrics = warm_start(self.policy, self.backend, config, seeds, generator,
-                             report=lambda line: print(line, flush=True))
+                             report=lambda line: print(line, flush=True), should_stop=lambda: self.stop_requested)
         if self.reference is not None:
             self.reference.load_state_dict(self.policy.state_dict())
         metrics["time/pretrain_s"] = time.perf_counter() - start
@@ -385,6 +402,30 @@ class Trainer:
 
         return tqdm(total=self.config.grpo.iterations, initial=self.iteration, desc="GRPO", unit="it",
                     dynamic_ncols=True)
+
+
+@contextmanager
+def _stop_on_signal(trainer: Trainer):
+    """While training: the first SIGINT / SIGTERM sets ``trainer.stop_requested`` (the loop stops at its next
+    safe point), a second one raises KeyboardInterrupt at once. Signal handlers can only be set from the main
+    thread; elsewhere (a trainer driven from another thread) signals keep their default behaviour."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping at the next safe point and saving last.pt "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager

@@ -110,7 +110,7 @@ def test_the_default_policy_reads_the_obstacle_in_the_way_and_entity_is_selectab
     # bench/imitation.py: the clone reaches 98.6 with the obstacle input and 54.3 without it
     assert _composed().policy.obstacle_features and _composed().policy.kind == "mlp"
     entity = _composed("policy=entity").policy
-    assert entity.kind == "entity" and entity.token_layers == 2
+    assert entity.kind == "entity" and entity.token_layers == 2 and not entity.obstacle_features
 
 
 def test_gpu_experiment_is_grpo_from_scratch_on_one_cuda_device():
