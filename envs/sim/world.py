@@ -529,6 +529,11 @@ class DrivingSim:
         if len(ids) != snapshot.num_worlds:
             raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were "
                                "given; pass one target world per snapshot world")
+        # Every check before the first write: a refused snapshot leaves the worlds as they were.
+        snapshot.check_fields(self.backend_name, self.signature, {
+            "floats": (self.state.floats.dtype, tuple(self.state.floats.shape[1:])),
+            "ints": (self.state.ints.dtype, tuple(self.state.ints.shape[1:])),
+            "town_seed": (self.bank.seed_of_slot.dtype, ())})
         slots = self.bank.slots_for(snapshot.tensors["town_seed"])
         self.state.write_rows(ids, snapshot.tensors["floats"], snapshot.tensors["ints"])
         self.state.town_slot[ids] = slots
