@@ -27,6 +27,7 @@ from grpo.advantages import group_advantages
 from grpo.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    check_resume_config,
     find_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -343,6 +344,8 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
+        for notice in check_resume_config(state, self.config.to_dict(), path):
+            print(notice)
         if state.get("observation_size") != self.backend.observation_size:
             raise CheckpointError(f"{path} was trained on observations of size {state.get('observation_size')}, "
                                   f"this environment gives {self.backend.observation_size}")
