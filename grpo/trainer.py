@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -178,6 +179,9 @@ class Trainer:
             # A group with a branch on a service that failed is dropped whole; its trunk branches again.
             dropped = batch.failed.view(-1, grpo.group_size).any(dim=1)
             self.counters["groups/dropped_service_failure"] += int(dropped.sum())
+            if dropped.any():  # beside the service layer's line per restart (envs/services/multi.py)
+                print(f"iteration {self.iteration + 1}: dropped {int(dropped.sum())} groups whose service failed "
+                      f"({self.counters['groups/dropped_service_failure']:.0f} so far)", file=sys.stderr, flush=True)
             returns = torch.where(dropped.repeat_interleave(grpo.group_size), 0.0, returns)
             if not torch.isfinite(returns).all():
                 self._stop_on_bad_returns(returns, batch.group_id)
@@ -389,4 +393,8 @@ def _due(iteration: int, every: int) -> bool:
 
 def _key_figures(metrics: dict[str, float]) -> dict[str, str]:
     keys = {"reward/mean": "R", "eval/driving_score": "DS", "kl": "kl", "perf/env_steps_per_s": "sps"}
-    return {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
+    figures = {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
+    for name, short in (("services/restarts", "restarts"), ("groups/dropped_service_failure", "dropped")):
+        if metrics.get(name):  # shown once a service has failed
+            figures[short] = f"{metrics[name]:.0f}"
+    return figures

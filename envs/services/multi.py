@@ -263,11 +263,13 @@ class MultiServiceBackend:
         answers, failures = self._exchange(method, requests)
         if failures and not retry:
             raise next(iter(failures.values()))
-        if failures:
+        for _ in range(START_ATTEMPTS):  # a replacement may itself be killed before it answers
+            if not failures:
+                break
             again, failures = self._exchange(method, {index: requests[index] for index in failures})
-            if failures:
-                raise next(iter(failures.values()))
             answers.update(again)
+        if failures:
+            raise next(iter(failures.values()))
         out = None
         for service, positions, _ in parts:
             rows = to_tensor(answers[service])
@@ -323,7 +325,10 @@ class MultiServiceBackend:
         """What the worlds of a service that just failed report: fresh observations, no reward, ended, and
         zeros for every info entry the healthy services report (none when every service failed)."""
         count = self.worlds_per_service[index]
-        answers, failures = self._exchange("observe", {index: (list(range(count)),)})
+        for _ in range(START_ATTEMPTS):  # the replacement may itself be killed before it answers
+            answers, failures = self._exchange("observe", {index: (list(range(count)),)})
+            if not failures:
+                break
         if failures:
             raise next(iter(failures.values()))
         info = {} if healthy is None else {key: np.zeros(count, dtype=value.dtype)
