@@ -28,7 +28,7 @@ def start_services(env_config: dict[str, Any], num_worlds: int, services) -> Mul
 
         def factory(index: int, count: int):
             return ProcessService(index, env_config, count, threads=threads, start_timeout_s=services.start_timeout_s,
-                                  call_timeout_s=services.call_timeout_s).start()
+                                  call_timeout_s=services.call_timeout_s, silence_s=services.hang_timeout_min_s).start()
     elif services.launcher == "ray":
         from envs.services.ray_service import RayService, connect
 

@@ -139,9 +139,10 @@ class MultiServiceBackend:
 
     def deadline(self, method: str) -> float:
         """Seconds an answer to ``method`` may take before the service counts as hung: ``hang_timeout_factor``
-        x the slowest of the recent answers, at least ``hang_timeout_min_s``; ``call_timeout_s`` until one has
-        been measured (the first calls build towns and may be slow)."""
-        recent = self._recent.get(method)
+        x the slowest of the recent answers of that kind (of any kind while this one has none: the first
+        restore of a run must not wait ``call_timeout_s`` on a hung service), at least ``hang_timeout_min_s``;
+        ``call_timeout_s`` before any answer has been measured (the first reset builds towns)."""
+        recent = self._recent.get(method) or [took for answers in self._recent.values() for took in answers]
         if not recent:
             return self.call_timeout_s
         return min(self.call_timeout_s, max(self.hang_timeout_min_s, self.hang_timeout_factor * max(recent)))

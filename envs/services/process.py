@@ -5,6 +5,10 @@ simulator once; every service is a fork of it, so starting or restarting a servi
 second instead of a fresh interpreter's torch import (~1.5 s). multiprocessing stops the fork server when
 this process exits.
 
+A thread in the service writes a pulse (the time) into shared memory twice a second; a service whose pulse
+is older than ``silence_s`` is stopped or frozen, and fails the call it is in at once, even the first call
+of a run, whose answer time nobody has measured yet.
+
 The parent talks to it over a pipe. Every wait has a timeout, sends included (a large request to a hung
 service would otherwise block on a full pipe); a dead or silent service raises :class:`ServiceFailure`, and
 ``stop()`` ends the process by its own id (close, then terminate, then kill; straight to kill once the
@@ -16,22 +20,36 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
+import time
 import traceback
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from envs.api import BackendError, ServiceFailure
 
+PULSE_S = 0.5
+"""Seconds between a service's pulses (see ``_beat``)."""
+
 _PIPE_ROOM = 32 * 1024
 """Requests up to this many bytes fit an empty pipe buffer, so sending them never blocks."""
 
 
-def _serve(connection, env_config: dict[str, Any], num_worlds: int, threads: int) -> None:
+def _serve(connection, env_config: dict[str, Any], num_worlds: int, threads: int, pulse=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pulse is not None:
+        threading.Thread(target=_beat, args=(pulse,), name="pulse", daemon=True).start()
     try:
         _serve_until_closed(connection, env_config, num_worlds, threads)
     except (BrokenPipeError, EOFError, OSError):
         return  # the parent hung up (it gave up on us, or it is gone): nothing left to serve
+
+
+def _beat(pulse) -> None:
+    """Write the time into shared memory every PULSE_S while the process runs: a stopped or frozen process
+    falls silent even in the middle of a long call, which the parent notices without waiting for the call."""
+    while True:
+        pulse.value = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process of the machine
+        time.sleep(PULSE_S)
 
 
 def _serve_until_closed(connection, env_config: dict[str, Any], num_worlds: int, threads: int) -> None:
@@ -66,9 +84,11 @@ class ProcessService:
     """Handle of one service process. ``send`` then ``receive`` lets a caller overlap several services."""
 
     def __init__(self, index: int, env_config: dict[str, Any], num_worlds: int, *, threads: int = 1,
-                 start_timeout_s: float = 120.0, call_timeout_s: float = 300.0):
+                 start_timeout_s: float = 120.0, call_timeout_s: float = 300.0, silence_s: float = 10.0):
         self.index, self.env_config, self.num_worlds = index, env_config, num_worlds
         self.threads, self.start_timeout_s, self.call_timeout_s = threads, start_timeout_s, call_timeout_s
+        self.silence_s = silence_s  # a process whose pulse is older than this is frozen (e.g. SIGSTOP): failed
+        self.pulse = None
         self.process = None
         self.connection = None
         self.description: dict[str, Any] = {}
@@ -81,7 +101,10 @@ class ProcessService:
     def start(self) -> ProcessService:
         context = _context()
         parent, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, self.env_config, self.num_worlds, self.threads),
+        # No lock: a process stopped while holding it would block the parent that reads the pulse.
+        self.pulse = context.Value("d", time.monotonic(), lock=False)
+        self.process = context.Process(target=_serve, args=(child, self.env_config, self.num_worlds, self.threads,
+                                                            self.pulse),
                                        name=f"grpo-drive-service-{self.index}", daemon=True)
         self.process.start()
         child.close()
@@ -146,11 +169,18 @@ class ProcessService:
 
     def _receive(self, timeout: float, starting: bool = False):
         what = "start" if starting else "answer"
+        until = time.monotonic() + timeout
         try:
-            if not self.connection.poll(timeout):
-                self.broken = True
-                state = "" if starting else ", hung"
-                raise ServiceFailure(self.index, f"did not {what} within {timeout:.3g} s (pid {self.pid}{state})")
+            while not self.connection.poll(max(0.0, min(1.0, until - time.monotonic()))):
+                now = time.monotonic()
+                if self.pulse is not None and now - self.pulse.value > self.silence_s:
+                    self.broken = True
+                    raise ServiceFailure(self.index, f"fell silent: no pulse for {now - self.pulse.value:.0f} s "
+                                                     f"(pid {self.pid}, stopped or frozen)")
+                if now >= until:
+                    self.broken = True
+                    state = "" if starting else ", hung"
+                    raise ServiceFailure(self.index, f"did not {what} within {timeout:.3g} s (pid {self.pid}{state})")
             return self.connection.recv()
         except (EOFError, BrokenPipeError, OSError, AttributeError) as error:
             self.broken = True

@@ -185,6 +185,20 @@ def test_a_hung_service_is_abandoned_after_the_measured_deadline():
         backend.close()
 
 
+def test_a_stopped_service_fails_even_the_first_call_when_its_pulse_stops(capfd):
+    # Nothing measured yet (the deadline is call_timeout_s), but the service's pulse falls silent.
+    backend = build_backend(services(heartbeat_s=0, hang_timeout_min_s=1.0, call_timeout_s=120), num_worlds=4)
+    try:
+        assert backend.deadline("reset") == 120
+        os.kill(backend.pids[0], signal.SIGSTOP)
+        began = time.monotonic()
+        backend.reset(0)
+        assert time.monotonic() - began < 15 and backend.restarts == 1
+        assert "fell silent: no pulse for" in capfd.readouterr().err
+    finally:
+        backend.close()
+
+
 def test_a_call_error_on_one_service_keeps_the_others_in_step(backend):
     backend.reset(0)
     expected = backend.observe()
