@@ -196,20 +196,18 @@ class MultiServiceBackend:
             pass
         local = list(range(self.worlds_per_service[index]))
         last_error: BaseException = failure
-        for _ in range(START_ATTEMPTS):
+        for attempt in range(1, START_ATTEMPTS + 1):
             self.restarts += 1
             try:
                 service = self._factory(index, self.worlds_per_service[index])
-            except ServiceFailure as error:
-                last_error = error
-                continue
-            self.services[index] = service
-            try:
+                self.services[index] = service
                 service.call("reset", derive_episode_seeds(self.restarts, local), local)
             except ServiceFailure as error:
                 last_error = error
+                self.report(f"{failure} during {during}; its replacement failed too ({error}; attempt {attempt} "
+                            f"of {START_ATTEMPTS}, restarts so far: {self.restarts})")
                 try:
-                    service.stop()
+                    self.services[index].stop()
                 except Exception:
                     pass
                 continue
