@@ -9,7 +9,8 @@ Faults. A service that dies or hangs is noticed on any call, on send as on recei
 pings idle services every ``heartbeat_s``. A hung call is abandoned after a deadline derived from the
 slowest answer measured for that kind of call (``hang_timeout_factor`` x slowest, at least
 ``hang_timeout_min_s``, at most ``call_timeout_s``). The service is then killed by its pid and restarted on
-the spot with its worlds reset, and one line on stderr says what happened. What the caller sees:
+the spot with its worlds reset, and one warning on the ``envs.services`` logger says what happened (on the
+console and in the run's log; stderr where logging is not configured). What the caller sees:
 
 * ``reset`` and ``restore`` write the worlds afresh, so they are retried on the new service: nothing is lost.
 * ``step``: the worlds of a service that failed, or that was restarted while idle, report
@@ -27,7 +28,7 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
-import sys
+import logging
 import threading
 import time
 from collections import deque
@@ -57,6 +58,8 @@ ServiceFactory = Callable[[int, int], "object"]
 RECENT_CALLS = 32
 """The hang deadline follows the slowest of this many recent answers of a kind, so one slow first call
 (building towns) does not set it for the whole run."""
+
+LOGGER = logging.getLogger("envs.services")
 
 START_ATTEMPTS = 3
 """Tries to start a replacement service before the failure ends the run (a start can itself be killed)."""
@@ -102,7 +105,7 @@ class MultiServiceBackend:
         self.restarts = 0
         self.call_timeout_s, self.heartbeat_s = call_timeout_s, heartbeat_s
         self.hang_timeout_factor, self.hang_timeout_min_s = hang_timeout_factor, hang_timeout_min_s
-        self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.report = report or LOGGER.warning  # a line per restart: on the console and in Hydra's train.log
         self._starts = np.cumsum([0, *worlds_per_service])
         self._service_of = torch.repeat_interleave(torch.arange(len(worlds_per_service)),
                                                    torch.tensor(worlds_per_service))
@@ -187,7 +190,7 @@ class MultiServiceBackend:
 
     def _restart(self, index: int, failure: ServiceFailure, during: str) -> None:
         """Replace a failed service with a fresh one holding the same number of worlds (reset), killing the
-        old one by its pid; one line on stderr says what happened."""
+        old one by its pid; one warning in the log says what happened."""
         began = time.monotonic()
         old = self.services[index]
         try:

@@ -123,7 +123,7 @@ def test_a_gymnasium_env_over_two_services_keeps_its_action_box():
 # --- faults: death noticed on send, by the heartbeat, hangs, and no orphans -------------------------------
 
 
-def test_a_service_killed_while_idle_is_replaced_and_reset_goes_on(capfd):
+def test_a_service_killed_while_idle_is_replaced_and_reset_goes_on(caplog):
     backend = build_backend(services(heartbeat_s=0), num_worlds=6)  # no heartbeat: the send notices it
     try:
         expected = backend.reset(3)
@@ -131,7 +131,7 @@ def test_a_service_killed_while_idle_is_replaced_and_reset_goes_on(capfd):
         os.kill(victim, signal.SIGKILL)
         assert torch.equal(backend.reset(3), expected)  # retried on the new service: nothing is lost
         assert backend.restarts == 1 and not process_alive(victim) and process_alive(backend.pids[1])
-        assert f"service 1: died (pid {victim}" in capfd.readouterr().err
+        assert f"service 1: died (pid {victim}" in caplog.text
         os.kill(backend.pids[0], signal.SIGKILL)  # ...and a restore after a death is retried the same way
         snapshot = backend.snapshot([4])
         backend.restore(snapshot, [0])
@@ -185,7 +185,7 @@ def test_a_hung_service_is_abandoned_after_the_measured_deadline():
         backend.close()
 
 
-def test_a_stopped_service_fails_even_the_first_call_when_its_pulse_stops(capfd):
+def test_a_stopped_service_fails_even_the_first_call_when_its_pulse_stops(caplog):
     # Nothing measured yet (the deadline is call_timeout_s), but the service's pulse falls silent.
     backend = build_backend(services(heartbeat_s=0, hang_timeout_min_s=1.0, call_timeout_s=120), num_worlds=4)
     try:
@@ -194,7 +194,7 @@ def test_a_stopped_service_fails_even_the_first_call_when_its_pulse_stops(capfd)
         began = time.monotonic()
         backend.reset(0)
         assert time.monotonic() - began < 15 and backend.restarts == 1
-        assert "fell silent: no pulse for" in capfd.readouterr().err
+        assert "fell silent: no pulse for" in caplog.text
     finally:
         backend.close()
 
@@ -209,7 +209,7 @@ def test_a_call_error_on_one_service_keeps_the_others_in_step(backend):
     assert backend.restarts == 0
 
 
-def test_training_survives_a_service_killed_while_idle(tmp_path, capfd):
+def test_training_survives_a_service_killed_while_idle(tmp_path, caplog):
     from grpo.trainer import Trainer
     from tests.grpo.test_trainer import quiet_config
 
@@ -224,7 +224,7 @@ def test_training_survives_a_service_killed_while_idle(tmp_path, capfd):
     finally:
         trainer.finish()
     assert trainer.iteration == 3 and metrics["services/restarts"] == 1
-    assert f"service 0: died (pid {first[0]}" in capfd.readouterr().err  # printed, not only in TensorBoard
+    assert f"service 0: died (pid {first[0]}" in caplog.text  # in the log, not only in TensorBoard
     assert not any(process_alive(pid) for pid in first + list(trainer.backend.pids or []))
 
 
