@@ -152,6 +152,13 @@ def test_a_nan_snapshot_is_refused_before_any_world_changes():
     wrong = Snapshot(snapshot.backend, snapshot.signature, 2, {**before.tensors, "ints": before.tensors["ints"].int()})
     with pytest.raises(BackendError, match=r"'ints' is torch.int32.*needs torch.int64"):
         sim.restore(wrong, [0, 1])
+    # Well-formed and finite, but impossible: a route id past the town's routes (a checksum cannot catch a
+    # snapshot built wrong, only one damaged after it was written).
+    impossible = Snapshot(snapshot.backend, snapshot.signature, 2, {k: v.clone() for k, v in before.tensors.items()})
+    _, column, _, _ = sim.state._columns["route_id"]
+    impossible.tensors["ints"][0, column] = 10**6
+    with pytest.raises(BackendError, match="does not describe a world of this simulator.*left as they were"):
+        sim.restore(impossible, [0, 1])
     after = sim.snapshot()
     assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
     sim.step(torch.zeros(2, 3))  # the worlds still step
