@@ -139,6 +139,7 @@ def check_resume_config(state: dict[str, Any], requested: dict[str, Any], path: 
         raise CheckpointError(f"{path} was trained with another config, and these keys cannot change on resume: "
                               f"{differences}{more}; resume with the stored values, or start a new run (another "
                               "run_name, or resume=null)")
+    _check_trunks(state["rollout"], int(stored["grpo"]["num_trunks"]), path)
     notices = [f"resume: {key} changed from {old[key]!r} to {new[key]!r}" for key in changed
                if key not in ("resume", "run_name")]
     added = sorted(new.keys() - old.keys())
@@ -146,6 +147,21 @@ def check_resume_config(state: dict[str, Any], requested: dict[str, Any], path: 
         notices.append(f"resume: the checkpoint predates {', '.join(added[:6])}{' ...' if len(added) > 6 else ''}; "
                        "this run's values apply")
     return notices
+
+
+def _check_trunks(rollout: Any, num_trunks: int, path: str | Path) -> None:
+    """The saved trunk states must be one per trunk of the stored config (a file edited or mixed up)."""
+    try:
+        worlds, done = int(rollout["trunks"]["num_worlds"]), rollout["trunk_done"]
+        shapes = {name: list(value.shape) for name, value in rollout["trunks"]["tensors"].items()}
+    except (KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path} holds no readable trunk states ({type(error).__name__}: {error}); start a "
+                              "new run") from error
+    bad = {name: shape for name, shape in shapes.items() if not shape or shape[0] != worlds}
+    if worlds != num_trunks or list(done.shape) != [num_trunks] or bad:
+        raise CheckpointError(f"{path} holds trunk states of the wrong shape ({worlds} trunks, done flags "
+                              f"{list(done.shape)}, tensors {bad or shapes}) for its grpo.num_trunks={num_trunks}; "
+                              "the file was edited or damaged: start a new run")
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

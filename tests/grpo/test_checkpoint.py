@@ -131,8 +131,10 @@ def resume_state(**config):
     for key, value in config.items():
         section, name = key.split(".")
         stored[section][name] = value
+    trunks = {"num_worlds": 4, "tensors": {"floats": torch.zeros(4, 3)}}
     return {"policy": {}, "optimizer": {}, "scheduler": {}, "iteration": 2, "best_score": 0.0, "counters": {},
-            "rng": {}, "rollout": {}, "config": stored}
+            "rng": {}, "rollout": {"trunks": trunks, "trunk_done": torch.zeros(4, dtype=torch.bool)},
+            "config": stored}
 
 
 def test_resume_names_the_keys_that_differ_and_whether_they_may():
@@ -148,6 +150,9 @@ def test_resume_names_the_keys_that_differ_and_whether_they_may():
     with pytest.raises(CheckpointError, match="holds a config this version refuses.*surprise"):
         check_resume_config(resume_state(**{"grpo.surprise": 1}), requested, "last.pt")
     state = resume_state()
+    state["rollout"]["trunks"]["tensors"]["floats"] = torch.zeros(3, 3)  # wrong shapes in an edited file
+    with pytest.raises(CheckpointError, match=r"trunk states of the wrong shape .*'floats': \[3, 3\]"):
+        check_resume_config(state, requested, "last.pt")
     del state["rollout"]
     with pytest.raises(CheckpointError, match="cannot be resumed: it holds no rollout"):
         check_resume_config(state, requested, "last.pt")
