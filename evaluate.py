@@ -9,15 +9,11 @@ goes to eval.output_dir (default <checkpoint folder>/eval_<checkpoint name>) and
 terminal.
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from envs.api import BackendError
-from envs.typed_config import ConfigError
-from grpo.checkpoint import CheckpointError
+from grpo.cli import one_line_errors
 from grpo.evaluation import evaluate_checkpoint, evaluate_config_from_dict
 from grpo.report import log_to_run, summary_table, write_report
 
@@ -25,21 +21,17 @@ from grpo.report import log_to_run, summary_table, write_report
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     data = OmegaConf.to_container(cfg, resolve=True)
-    try:
+    with one_line_errors():  # config, checkpoint and backend errors: one line, exit status 1
         config = evaluate_config_from_dict(data, HydraConfig.get().overrides.task)
         evaluation = evaluate_checkpoint(config)
-    except ConfigError as error:
-        sys.exit(f"config error: {error}")
-    except (CheckpointError, BackendError) as error:
-        sys.exit(f"error: {error}")
-    for notice in evaluation.notices:
-        print(notice)
-    summary = write_report(evaluation.results, config.output_dir(), context=evaluation.context())
-    print(summary_table(evaluation.results))
-    print(f"\n{evaluation.suite.num_routes} held-out routes; report in {summary.parent}")
-    if config.report.log_run:
-        for notice in log_to_run(evaluation, summary.parent):
+        for notice in evaluation.notices:
             print(notice)
+        summary = write_report(evaluation.results, config.output_dir(), context=evaluation.context())
+        print(summary_table(evaluation.results))
+        print(f"\n{evaluation.suite.num_routes} held-out routes; report in {summary.parent}")
+        if config.report.log_run:
+            for notice in log_to_run(evaluation, summary.parent):
+                print(notice)
     return evaluation.results["policy"].metrics["eval/driving_score"]
 
 

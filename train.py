@@ -6,14 +6,12 @@
     python train.py -m grpo.group_size=4,8           # a sweep
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from envs.typed_config import ConfigError
+from grpo.cli import one_line_errors
 from grpo.config import train_config_from_dict
 from grpo.trainer import Trainer
 
@@ -24,11 +22,9 @@ def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.MULTIRUN:  # every job of a sweep gets its own checkpoints and logs
         data["run_name"] = f"{data['run_name']}-{hydra_config.job.num}"
-    try:
-        config = train_config_from_dict(data)
-    except ConfigError as error:
-        sys.exit(f"config error: {error}")
-    metrics = Trainer(config).train()
+    # config, checkpoint, training and service errors: one line, exit status 1; Ctrl-C: the resume command, 130
+    with one_line_errors(list(hydra_config.overrides.task), data.get("run_name")):
+        metrics = Trainer(train_config_from_dict(data)).train()
     return metrics.get("eval/driving_score", float("nan"))
 
 

@@ -148,7 +148,8 @@ class Snapshot:
     meta: dict[str, int | float | str | list] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        """Serialise with ``torch.save``; :meth:`from_bytes` reads it back without unpickling code."""
+        """Serialise: a header (magic, format version), a BLAKE2b checksum of header and payload, then the
+        ``torch.save`` payload. :meth:`from_bytes` checks all three before reading it, without unpickling code."""
         buffer = io.BytesIO()
         torch.save(
             {
@@ -160,15 +161,64 @@ class Snapshot:
             },
             buffer,
         )
-        return buffer.getvalue()
+        return frame_snapshot_payload(buffer.getvalue())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Snapshot:
+        """Read bytes from :meth:`to_bytes`. Anything else (another format version, a changed byte, a payload
+        that is not a snapshot's) is a BackendError that says what is wrong; no world is touched here."""
+        payload = _unframe(data)
         try:
-            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            return cls(raw["backend"], raw["signature"], raw["num_worlds"], raw["tensors"], raw["meta"])
+            raw = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+            snapshot = cls(raw["backend"], raw["signature"], raw["num_worlds"], raw["tensors"], raw["meta"])
         except Exception as error:  # torch raises several types for corrupt input
-            raise BackendError(f"not a valid snapshot ({type(error).__name__}: {error})") from error
+            raise BackendError(f"not a valid snapshot ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200] if str(error) else ''})") from error
+        snapshot.validate()
+        return snapshot
+
+    def validate(self) -> None:
+        """Check the structure every snapshot has (types, one row per world in every tensor); BackendError
+        names the first field that is wrong. Backends check their own fields with :meth:`check_fields`."""
+        if not isinstance(self.backend, str) or not isinstance(self.signature, str):
+            raise BackendError(f"not a valid snapshot: backend and signature must be strings, got "
+                               f"{type(self.backend).__name__} and {type(self.signature).__name__}")
+        if not isinstance(self.num_worlds, int) or isinstance(self.num_worlds, bool) or self.num_worlds < 0:
+            raise BackendError(f"not a valid snapshot: num_worlds must be an int >= 0, got {self.num_worlds!r}")
+        if not isinstance(self.tensors, dict) or not isinstance(self.meta, dict):
+            raise BackendError("not a valid snapshot: tensors and meta must be dicts")
+        for name, value in self.tensors.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise BackendError(f"not a valid snapshot: tensor entry {name!r} is a {type(value).__name__}")
+            if value.dim() == 0 or value.shape[0] != self.num_worlds:
+                raise BackendError(f"not a valid snapshot: tensor {name!r} has shape {list(value.shape)}, but the "
+                                   f"snapshot holds {self.num_worlds} worlds (one row each)")
+
+    def check_fields(self, backend: str, signature: str, fields: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                     finite: bool = True) -> None:
+        """Refuse, before any world is touched, a snapshot that a backend of kind ``backend`` with
+        ``signature`` cannot restore: another kind or map (signature), missing or unexpected tensors, or a
+        tensor whose dtype or per-world shape differs from ``fields`` (name -> (dtype, shape after the world
+        dimension)); with ``finite``, also NaN or inf in a floating-point tensor."""
+        self.validate()
+        if self.backend != backend or self.signature != signature:
+            raise BackendError(f"snapshot from backend {self.backend!r} with signature {self.signature} does not "
+                               f"fit this {backend!r} backend (signature {signature}): restore it into a backend "
+                               "built with the same env config")
+        missing, extra = sorted(fields.keys() - self.tensors.keys()), sorted(self.tensors.keys() - fields.keys())
+        if missing or extra:
+            raise BackendError(f"snapshot tensors do not fit this {backend!r} backend: missing {missing}, "
+                               f"unexpected {extra}")
+        for name, (dtype, shape) in fields.items():
+            value = self.tensors[name]
+            if value.dtype != dtype or tuple(value.shape[1:]) != tuple(shape):
+                raise BackendError(f"snapshot tensor {name!r} is {value.dtype} of per-world shape "
+                                   f"{list(value.shape[1:])}; this {backend!r} backend needs {dtype} of shape "
+                                   f"{list(shape)}")
+            if finite and value.is_floating_point() and not torch.isfinite(value).all():
+                worlds = (~torch.isfinite(value)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+                raise BackendError(f"snapshot tensor {name!r} holds NaN or inf (snapshot worlds {worlds}); a "
+                                   "world's state must be finite, so this snapshot is corrupt")
 
     @classmethod
     def concat(cls, snapshots: Sequence[Snapshot]) -> Snapshot:
@@ -191,6 +241,38 @@ class Snapshot:
             raise BackendError(f"snapshot holds {self.num_worlds} worlds; cannot select {list(indices)}")
         return Snapshot(self.backend, self.signature, len(index),
                         {k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()}, dict(self.meta))
+
+
+SNAPSHOT_MAGIC = b"GRPOSNAP"
+SNAPSHOT_FORMAT = 1
+"""Version of :meth:`Snapshot.to_bytes`'s framing and payload; raise it when either changes."""
+_HEADER = len(SNAPSHOT_MAGIC) + 2
+_DIGEST = 16
+
+
+def frame_snapshot_payload(payload: bytes) -> bytes:
+    """Header (magic + format version) + BLAKE2b-128 of header and payload + payload."""
+    header = SNAPSHOT_MAGIC + SNAPSHOT_FORMAT.to_bytes(2, "little")
+    return header + hashlib.blake2b(header + payload, digest_size=_DIGEST).digest() + payload
+
+
+def _unframe(data: bytes) -> bytes:
+    """The payload of framed snapshot bytes, or a BackendError naming what does not check out."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BackendError(f"not a valid snapshot: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _HEADER + _DIGEST or not data.startswith(SNAPSHOT_MAGIC):
+        raise BackendError("not a valid snapshot: the bytes do not start with the snapshot header (they were "
+                           "not written by Snapshot.to_bytes, or their first bytes are damaged)")
+    version = int.from_bytes(data[len(SNAPSHOT_MAGIC):_HEADER], "little")
+    if version != SNAPSHOT_FORMAT:
+        raise BackendError(f"snapshot format {version}: this version reads format {SNAPSHOT_FORMAT} (the "
+                           "snapshot was written by another version of grpo-drive, or its header is damaged)")
+    digest, payload = data[_HEADER:_HEADER + _DIGEST], data[_HEADER + _DIGEST:]
+    if hashlib.blake2b(data[:_HEADER] + payload, digest_size=_DIGEST).digest() != digest:
+        raise BackendError(f"snapshot is corrupt: its checksum does not match its {len(data):,} bytes (damaged "
+                           "in transit or storage); take the snapshot again")
+    return payload
 
 
 WorldIds = Sequence[int] | torch.Tensor | None

@@ -31,7 +31,13 @@ class ServiceConfig:
     ray_address: str | None = None  # Ray cluster to join (e.g. "ray://head:10001"); null = start a local Ray
     ray_cpus_per_service: float = 1.0  # CPUs each Ray actor reserves (a service steps with one thread)
     start_timeout_s: float = 120.0  # a service that is not ready this long after starting is an error
-    call_timeout_s: float = 300.0  # a call unanswered this long counts as a dead service (restarted)
+    call_timeout_s: float = 300.0  # a call unanswered this long counts as a dead service (restarted); the
+    # upper bound of the hang deadline below, and the deadline of a kind of call not yet measured
+    hang_timeout_factor: float = 10.0  # a call hangs when unanswered for this many times the slowest answer
+    # measured for its kind (step, restore, ...): the service is killed and restarted
+    hang_timeout_min_s: float = 10.0  # ...but never sooner than this (seconds); also the heartbeat's deadline
+    heartbeat_s: float = 2.0  # seconds between pings of idle services (0 = off): a death between calls is
+    # repaired before the next call instead of failing it
     worlds_per_service: int | None = None  # worlds each service hosts; null = enough for every branch of an
     # iteration at once; fewer makes branches run in waves (a CARLA server hosts 1)
 
@@ -42,6 +48,11 @@ class ServiceConfig:
             raise ValueError(f"env.ray_cpus_per_service must be > 0, got {self.ray_cpus_per_service}")
         if self.start_timeout_s <= 0 or self.call_timeout_s <= 0:
             raise ValueError("env.start_timeout_s and env.call_timeout_s must be positive")
+        if self.hang_timeout_factor < 1 or self.hang_timeout_min_s <= 0:
+            raise ValueError(f"env.hang_timeout_factor must be >= 1 and env.hang_timeout_min_s > 0, got "
+                             f"{self.hang_timeout_factor} and {self.hang_timeout_min_s}")
+        if self.heartbeat_s < 0:
+            raise ValueError(f"env.heartbeat_s must be >= 0 (0 turns the heartbeat off), got {self.heartbeat_s}")
         if self.worlds_per_service is not None and self.worlds_per_service < 1:
             raise ValueError(f"env.worlds_per_service must be >= 1 or null, got {self.worlds_per_service}")
 

@@ -106,8 +106,13 @@ class BranchingRollout:
         parts = []
         for wave in waves(count, self.capacity):
             worlds = torch.arange(len(wave))
-            self.backend.reset(self._episode_seeds(len(wave)), worlds)
-            parts.append(self.backend.snapshot(worlds))
+            seeds = self._episode_seeds(len(wave))
+            try:
+                self.backend.reset(seeds, worlds)
+                parts.append(self.backend.snapshot(worlds))
+            except ServiceFailure:  # a service died between the two calls (it is restarted): once more
+                self.backend.reset(seeds, worlds)
+                parts.append(self.backend.snapshot(worlds))
         return Snapshot.concat(parts)
 
     def start(self) -> None:
@@ -146,7 +151,11 @@ class BranchingRollout:
                 result, failed = self._step(control, len(wave))
                 obs = result.observation[: len(wave)]
                 done |= (result.terminated | result.truncated)[: len(wave)].cpu() | failed
-            parts.append(self.backend.snapshot(worlds))
+            try:
+                parts.append(self.backend.snapshot(worlds))
+            except ServiceFailure:  # the trunks' new states are lost: they continue from where they were
+                parts.append(self.trunks.select(wave))
+                continue
             self.trunk_done[wave] = done
         self.trunks = Snapshot.concat(parts)
 

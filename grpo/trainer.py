@@ -30,6 +30,7 @@ from grpo.advantages import group_advantages
 from grpo.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    check_resume_config,
     find_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -132,7 +133,8 @@ class Trainer:
 
     def begin(self) -> None:
         """Resume from a checkpoint (``resume``) or start every trunk's first episode; open the logs."""
-        resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name)
+        resume_from = find_resume_checkpoint(self.config.resume, self.config.checkpoint.dir, self.config.run_name,
+                                             self.config.to_dict())
         pretrain_metrics: dict[str, float] = {}
         if resume_from is not None:
             self.load(resume_from)
@@ -195,6 +197,9 @@ class Trainer:
             # A group with a branch on a service that failed is dropped whole; its trunk branches again.
             dropped = batch.failed.view(-1, grpo.group_size).any(dim=1)
             self.counters["groups/dropped_service_failure"] += int(dropped.sum())
+            if dropped.any():  # beside the service layer's line per restart (envs/services/multi.py)
+                print(f"iteration {self.iteration + 1}: dropped {int(dropped.sum())} groups whose service failed "
+                      f"({self.counters['groups/dropped_service_failure']:.0f} so far)", file=sys.stderr, flush=True)
             returns = torch.where(dropped.repeat_interleave(grpo.group_size), 0.0, returns)
             if not torch.isfinite(returns).all():
                 self._stop_on_bad_returns(returns, batch.group_id)
@@ -374,6 +379,8 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
+        for notice in check_resume_config(state, self.config.to_dict(), path):
+            print(notice)
         if state.get("observation_size") != self.backend.observation_size:
             raise CheckpointError(f"{path} was trained on observations of size {state.get('observation_size')}, "
                                   f"this environment gives {self.backend.observation_size}")
@@ -441,4 +448,8 @@ def _due(iteration: int, every: int) -> bool:
 
 def _key_figures(metrics: dict[str, float]) -> dict[str, str]:
     keys = {"reward/mean": "R", "eval/driving_score": "DS", "kl": "kl", "perf/env_steps_per_s": "sps"}
-    return {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
+    figures = {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
+    for name, short in (("services/restarts", "restarts"), ("groups/dropped_service_failure", "dropped")):
+        if metrics.get(name):  # shown once a service has failed
+            figures[short] = f"{metrics[name]:.0f}"
+    return figures

@@ -77,4 +77,5 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path):
 def test_a_truncated_checkpoint_is_one_clear_line(tmp_path, smoke_checkpoint):
     truncated = tmp_path / "last.pt"
     truncated.write_bytes(smoke_checkpoint.read_bytes()[:4000])
-    _assert_one_line_error(run("evaluate.py", f"checkpoint={truncated}"), "not a readable checkpoint")
+    _assert_one_line_error(run("evaluate.py", f"checkpoint={truncated}"), "checkpoint error:",
+                           "is truncated or not a torch checkpoint")

@@ -28,15 +28,17 @@ def start_services(env_config: dict[str, Any], num_worlds: int, services) -> Mul
 
         def factory(index: int, count: int):
             return ProcessService(index, env_config, count, threads=threads, start_timeout_s=services.start_timeout_s,
-                                  call_timeout_s=services.call_timeout_s).start()
+                                  call_timeout_s=services.call_timeout_s, silence_s=services.hang_timeout_min_s).start()
     elif services.launcher == "ray":
         from envs.services.ray_service import RayService, connect
 
-        connect(services.ray_address)
+        connect(services.ray_address)  # null: a Ray of our own, never a stale cluster left on the machine
 
         def factory(index: int, count: int):
             return RayService(index, env_config, count, num_cpus=services.ray_cpus_per_service,
                               start_timeout_s=services.start_timeout_s, call_timeout_s=services.call_timeout_s).start()
     else:
         raise BackendError(f"env.launcher must be 'local' or 'ray', got {services.launcher!r}")
-    return MultiServiceBackend(factory, shares)
+    return MultiServiceBackend(factory, shares, call_timeout_s=services.call_timeout_s,
+                               hang_timeout_factor=services.hang_timeout_factor,
+                               hang_timeout_min_s=services.hang_timeout_min_s, heartbeat_s=services.heartbeat_s)

@@ -1,7 +1,9 @@
 """A service as a Ray actor (``env.launcher=ray``): the same calls as a process service, on a Ray cluster.
 
-``connect`` joins ``env.ray_address`` or, when it is null, starts a local Ray bound to the loopback address
-(and shuts it down at exit). Each actor reserves ``env.ray_cpus_per_service`` CPUs (1 by default). A dead
+``connect`` joins ``env.ray_address`` or, when it is null, starts a Ray of its own bound to the loopback
+address (and shuts it down at exit): never the cluster that ``RAY_ADDRESS`` or a stale
+``/tmp/ray/ray_current_cluster`` file points at, which an earlier Ray may have left behind. Each actor
+reserves ``env.ray_cpus_per_service`` CPUs (1 by default). A dead
 actor or an unanswered call raises ServiceFailure; an exception inside a call is a BackendError, as for
 process services."""
 
@@ -22,7 +24,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        # address="local" starts a new Ray; None would look for RAY_ADDRESS or the last cluster started here.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
         atexit.register(ray.shutdown)
 
 
@@ -60,15 +64,13 @@ class RayService:
         self.actor = None
         self._pending = None
         self.description: dict[str, Any] = {}
+        self.pid: int | None = None  # the actor's worker process, asked once at start
 
     def start(self) -> RayService:
         self.actor = _actor_class(self.num_cpus).remote(self.env_config, self.num_worlds)
         self.description = self._get(self.actor.describe.remote(), self.start_timeout_s, "start")
+        self.pid = self._get(self.actor.pid.remote(), self.start_timeout_s, "start")
         return self
-
-    @property
-    def pid(self) -> int:
-        return self._get(self.actor.pid.remote(), self.call_timeout_s, "answer")
 
     def _get(self, reference, timeout: float, what: str):
         import ray
@@ -77,24 +79,35 @@ class RayService:
         try:
             return ray.get(reference, timeout=timeout)
         except GetTimeoutError as error:
-            raise ServiceFailure(self.index, f"did not {what} within {timeout:.0f} s") from error
+            state = "" if what == "start" else ", hung"
+            raise ServiceFailure(self.index, f"did not {what} within {timeout:.3g} s (pid {self.pid}{state})") \
+                from error
         except RayActorError as error:
-            raise ServiceFailure(self.index, f"actor died ({type(error).__name__})") from error
+            raise ServiceFailure(self.index, f"actor died (pid {self.pid}, {type(error).__name__})") from error
         except RayTaskError as error:
             if what == "start":
                 raise ServiceFailure(self.index, f"failed to start: {error.cause!r}") from error
             raise BackendError(f"service {self.index}: {error.cause!r}") from error
 
     def send(self, method: str, *args) -> None:
-        self._pending = self.actor.handle.remote(method, *args)
+        try:
+            self._pending = self.actor.handle.remote(method, *args)
+        except Exception as error:  # a killed actor may refuse the submission itself
+            raise ServiceFailure(self.index, f"is not reachable (pid {self.pid}, {type(error).__name__})") \
+                from error
 
-    def receive(self):
+    def receive(self, timeout_s: float | None = None):
         reference, self._pending = self._pending, None
-        return self._get(reference, self.call_timeout_s, "answer")
+        return self._get(reference, self.call_timeout_s if timeout_s is None else timeout_s, "answer")
 
     def call(self, method: str, *args):
         self.send(method, *args)
         return self.receive()
+
+    def ping(self, timeout_s: float) -> None:
+        """Raise ServiceFailure unless the actor answers within ``timeout_s`` (the heartbeat)."""
+        self.send("ping")
+        self.receive(timeout_s)
 
     def stop(self) -> None:
         if self.actor is not None:

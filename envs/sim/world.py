@@ -531,11 +531,23 @@ class DrivingSim:
         if len(ids) != snapshot.num_worlds:
             raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were "
                                "given; pass one target world per snapshot world")
+        # Every check before the first write: a refused snapshot leaves the worlds as they were.
+        snapshot.check_fields(self.backend_name, self.signature, {
+            "floats": (self.state.floats.dtype, tuple(self.state.floats.shape[1:])),
+            "ints": (self.state.ints.dtype, tuple(self.state.ints.shape[1:])),
+            "town_seed": (self.bank.seed_of_slot.dtype, ())})
         slots = self.bank.slots_for(snapshot.tensors["town_seed"])
+        before, had_reset = self.state.rows(ids), self._has_reset[ids].clone()
         self.state.write_rows(ids, snapshot.tensors["floats"], snapshot.tensors["ints"])
         self.state.town_slot[ids] = slots
         self._has_reset[ids] = True
-        return self.observe(ids)
+        try:
+            return self.observe(ids)
+        except (IndexError, RuntimeError) as error:  # well-formed but impossible (e.g. a route id out of range)
+            self.state.write_rows(ids, *before)
+            self._has_reset[ids] = had_reset
+            raise BackendError(f"snapshot does not describe a world of this simulator ({type(error).__name__} while "
+                               "observing it); the worlds were left as they were") from error
 
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
         src = as_world_ids(src_ids, self.num_worlds, self.device)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from envs.api import OBSERVATION_LAYOUT, BackendError, Snapshot, as_world_ids, check_actions
+from envs.api import (
+    OBSERVATION_LAYOUT,
+    BackendError,
+    Snapshot,
+    as_world_ids,
+    check_actions,
+    frame_snapshot_payload,
+)
 
 
 def make_snapshot() -> Snapshot:
@@ -34,8 +41,9 @@ def test_snapshot_bytes_never_unpickle_code():
 
     buffer = io.BytesIO()
     torch.save({"backend": Evil()}, buffer)
-    with pytest.raises(BackendError):
-        Snapshot.from_bytes(buffer.getvalue())
+    # Framed with a valid header and checksum, so the payload reaches torch.load, which must refuse it.
+    with pytest.raises(BackendError, match="not a valid snapshot"):
+        Snapshot.from_bytes(frame_snapshot_payload(buffer.getvalue()))
     assert pickle  # the payload above is a real pickle gadget; weights_only loading refuses it
 
 
@@ -85,3 +93,72 @@ def test_concat_keeps_world_order_and_refuses_mixed_kinds():
         Snapshot.concat([a, other])
     with pytest.raises(BackendError, match="empty"):
         Snapshot.concat([])
+
+
+# --- snapshot integrity: format version, checksum, field checks before any world is touched ---------------
+
+
+def sim_snapshot():
+    from envs.sim.config import SimConfig
+    from envs.sim.world import DrivingSim
+
+    sim = DrivingSim(SimConfig(num_worlds=2, map="straight", num_towns=2))
+    sim.reset(0)
+    for _ in range(3):
+        sim.step(torch.tensor([[0.6, 0.0, 0.02]]).repeat(2, 1))
+    return sim, sim.snapshot()
+
+
+def test_byte_flip_fuzzing_finds_no_silent_restore():
+    # 300 single-byte changes anywhere in the bytes (header, checksum, payload): every one is refused with a
+    # BackendError; none reads back as a (different) snapshot and none escapes as another exception.
+    _, snapshot = sim_snapshot()
+    data = snapshot.to_bytes()
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(len(data), (300,), generator=generator).tolist()
+    masks = torch.randint(1, 256, (300,), generator=generator).tolist()
+    refused = 0
+    for position, mask in zip(positions, masks, strict=True):
+        flipped = bytearray(data)
+        flipped[position] ^= mask
+        try:
+            Snapshot.from_bytes(bytes(flipped))
+        except BackendError:
+            refused += 1
+    assert refused == 300
+
+
+def test_snapshot_of_another_format_version_is_named():
+    data = bytearray(make_snapshot().to_bytes())
+    data[8] = 99  # the format version, right after the 8-byte magic
+    with pytest.raises(BackendError, match="snapshot format 99: this version reads format 1"):
+        Snapshot.from_bytes(bytes(data))
+    with pytest.raises(BackendError, match="checksum does not match"):
+        Snapshot.from_bytes(make_snapshot().to_bytes()[:-1])
+
+
+def test_a_snapshot_whose_rows_do_not_match_its_worlds_is_refused():
+    snapshot = Snapshot("sim", "abc", 3, {"floats": torch.zeros(2, 5)})
+    with pytest.raises(BackendError, match=r"tensor 'floats' has shape \[2, 5\].*3 worlds"):
+        Snapshot.from_bytes(snapshot.to_bytes())
+
+
+def test_a_nan_snapshot_is_refused_before_any_world_changes():
+    sim, snapshot = sim_snapshot()
+    before = sim.snapshot()
+    snapshot.tensors["floats"][1, 0] = float("nan")
+    with pytest.raises(BackendError, match=r"'floats' holds NaN or inf \(snapshot worlds \[1\]\)"):
+        sim.restore(snapshot, [0, 1])
+    wrong = Snapshot(snapshot.backend, snapshot.signature, 2, {**before.tensors, "ints": before.tensors["ints"].int()})
+    with pytest.raises(BackendError, match=r"'ints' is torch.int32.*needs torch.int64"):
+        sim.restore(wrong, [0, 1])
+    # Well-formed and finite, but impossible: a route id past the town's routes (a checksum cannot catch a
+    # snapshot built wrong, only one damaged after it was written).
+    impossible = Snapshot(snapshot.backend, snapshot.signature, 2, {k: v.clone() for k, v in before.tensors.items()})
+    _, column, _, _ = sim.state._columns["route_id"]
+    impossible.tensors["ints"][0, column] = 10**6
+    with pytest.raises(BackendError, match="does not describe a world of this simulator.*left as they were"):
+        sim.restore(impossible, [0, 1])
+    after = sim.snapshot()
+    assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
+    sim.step(torch.zeros(2, 3))  # the worlds still step

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     other = quiet_config(tmp_path, resume="auto", policy={"hidden_sizes": [8]})
     from grpo.checkpoint import CheckpointError
 
-    with pytest.raises(CheckpointError, match="does not fit this run's policy"):
+    with pytest.raises(CheckpointError, match=r"cannot change on resume: policy.hidden_sizes: \[32, 32\] -> \[8\]"):
         Trainer(other).train()
 
 
@@ -233,3 +234,66 @@ def test_a_raster_policy_needs_a_backend_that_renders_rasters(tmp_path):
                           env={"raster_size": 16, "num_services": 2})
     with pytest.raises(Exception, match="bird's-eye raster"):
         Trainer(config)
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = (int(fields[1]), fields[0])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, (ppid, state) in parents.items() if ppid == parent and state != "Z"]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _train_until(tmp_path, marker: str, *overrides: str) -> subprocess.Popen:
+    """train.py experiment=smoke (two services, many iterations) started and read until a line holds ``marker``."""
+    command = [sys.executable, "-u", str(ROOT / "train.py"), "experiment=smoke", "run_name=stop", "env.num_services=2",
+               "grpo.iterations=10000", f"checkpoint.dir={tmp_path / 'ckpt'}", f"logger.log_dir={tmp_path / 'runs'}",
+               "logger.progress_bar=false", "logger.wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'hydra'}",
+               *overrides]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if marker in line:
+            return process
+    process.wait(timeout=60)
+    raise AssertionError(f"train.py ended before {marker!r}: {process.stderr.read()[-2000:]}")
+
+
+def test_ctrl_c_during_grpo_saves_last_pt_and_prints_the_resume_command(tmp_path):
+    process = _train_until(tmp_path, "the clone is saved in")
+    children = _children(process.pid)
+    assert children, "the services run as child processes"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "resume with:" in stderr
+    command = stderr.strip().splitlines()[-1].strip()
+    assert command.startswith("python train.py") and f"resume={tmp_path / 'ckpt' / 'stop' / 'last.pt'}" in command
+    assert "run_name=stop" in command and "env.num_services=2" in command
+    state = load_checkpoint(tmp_path / "ckpt" / "stop" / "last.pt")
+    assert state["iteration"] >= 1  # stopped after a whole iteration, not inside one
+    deadline = time.time() + 10
+    while any(process_alive(child) for child in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [child for child in children if process_alive(child)], "no service process outlives the trainer"
+
+
+def test_ctrl_c_during_the_warm_start_stops_within_a_step(tmp_path):
+    process = _train_until(tmp_path, "pretrain: cloning the expert", "pretrain.demo_steps=100000")
+    start = time.time()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted during the warm start" in stderr, stderr[-2000:]
+    assert time.time() - start < 30 and "Traceback" not in stderr
+    assert not (tmp_path / "ckpt" / "stop" / "last.pt").exists()

@@ -1,5 +1,7 @@
 """env.launcher=ray: services as Ray actors on a local Ray with two CPUs, bound to the loopback address."""
 
+import os
+
 import pytest
 import torch
 
@@ -12,7 +14,17 @@ ray = pytest.importorskip("ray")
 def local_ray():
     from envs.services.ray_service import connect
 
-    connect(None, num_cpus=2)
+    # A stale address left in the environment (or by an earlier Ray) must not be joined: with no
+    # env.ray_address the launcher starts a Ray of its own. Nothing listens on this port.
+    stale = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
+    try:
+        connect(None, num_cpus=2)
+    finally:
+        if stale is None:
+            del os.environ["RAY_ADDRESS"]
+        else:
+            os.environ["RAY_ADDRESS"] = stale
     yield
     ray.shutdown()
 
@@ -35,5 +47,9 @@ def test_ray_services_branch_across_actors(local_ray):
         result = backend.step(forward)
         assert result.info["service_failed"].tolist() == [True, True, False, False]
         assert backend.restarts == 1
+        expected = backend.reset(5)
+        ray.kill(backend.services[1].actor)  # killed while idle: the next reset is retried on a new actor
+        assert torch.equal(backend.reset(5), expected)
+        assert backend.restarts == 2
     finally:
         backend.close()
