@@ -156,3 +156,24 @@ def test_resume_names_the_keys_that_differ_and_whether_they_may():
     del state["rollout"]
     with pytest.raises(CheckpointError, match="cannot be resumed: it holds no rollout"):
         check_resume_config(state, requested, "last.pt")
+
+
+def test_resume_auto_never_takes_a_run_of_another_backend_or_policy(tmp_path, capsys):
+    from grpo.config import train_config_from_dict
+
+    def stored(**sections):
+        config = train_config_from_dict({"grpo": {"num_trunks": 4, "group_size": 4}, **sections}).to_dict()
+        return {**resume_state(), "config": config}
+
+    requested = train_config_from_dict({"grpo": {"num_trunks": 4, "group_size": 4}}).to_dict()
+    driving = save_checkpoint(stored(), tmp_path / "driving" / "last.pt")
+    os.utime(driving, (1, 1))  # the oldest
+    save_checkpoint(stored(policy={"kind": "entity"}), tmp_path / "entity" / "last.pt")
+    save_checkpoint(stored(env={"backend": "gym", "id": "Pendulum-v1"}, policy={"action_repeat": 1}),
+                    tmp_path / "pendulum" / "last.pt")  # the newest: a Pendulum run
+    assert find_resume_checkpoint("auto", tmp_path, "new", requested) == driving
+    said = capsys.readouterr().out
+    assert f"continuing {driving}" in said and "2 newer run(s) skipped" in said
+    driving.unlink()
+    with pytest.raises(CheckpointError, match="resume=auto found no run this config can resume among 2"):
+        find_resume_checkpoint("auto", tmp_path, "new", requested)
