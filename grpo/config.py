@@ -15,6 +15,10 @@ from grpo.loss import Aggregation, KLEstimator, LossConfig, RatioLevel
 from grpo.policy import PolicyConfig
 from grpo.pretrain import PretrainConfig
 
+MAX_BRANCHES = 1 << 20
+"""Branches per iteration (num_trunks x group_size) above which the rollout's buffers cannot fit: each branch
+keeps about 50 kB of observations per 100 steps, so a million branches already need 50 GB."""
+
 
 @dataclass(frozen=True)
 class GRPOConfig:
@@ -63,6 +67,9 @@ class GRPOConfig:
         need(self.group_size >= 2, f"grpo.group_size must be >= 2 (GRPO compares branches of one snapshot), "
                                    f"got {self.group_size}")
         need(self.num_trunks >= 1, f"grpo.num_trunks must be >= 1, got {self.num_trunks}")
+        need(self.num_trunks * self.group_size <= MAX_BRANCHES,
+             f"grpo.num_trunks x grpo.group_size = {self.num_trunks * self.group_size:,} branches per iteration; at "
+             f"most {MAX_BRANCHES:,} fit in memory (experiment=gpu runs 65,536 on one GPU): lower grpo.num_trunks")
         need(self.iterations >= 1, f"grpo.iterations must be >= 1, got {self.iterations}")
         need(self.branch_horizon >= 1, f"grpo.branch_horizon must be >= 1, got {self.branch_horizon}")
         need(self.train_steps is None or 1 <= self.train_steps <= self.branch_horizon,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import signal
 import sys
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from envs.factory import build_backend
 from envs.sim import rng
+from envs.typed_config import ConfigError
 from grpo.advantages import group_advantages
 from grpo.checkpoint import (
     CheckpointError,
@@ -73,8 +75,42 @@ def learning_rate_factor(iteration: int, total: int, warmup: int, schedule: str)
     raise ValueError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
 
 
+def check_machine(config: TrainConfig) -> None:
+    """What the config cannot check alone, checked before any work: the devices exist on this machine, and the
+    checkpoint and log folders can be written (a read-only folder otherwise fails after minutes of training)."""
+    devices = {"device": config.device}
+    env_device = getattr(config.env.backend_config, "device", None)
+    if env_device is not None:
+        devices["env.device"] = env_device
+    for key, name in devices.items():
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise ConfigError(f"{key}={name} is not a device ({error}); use cpu, cuda or cuda:N") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+                raise ConfigError(f"{key}={name}, but this machine has no CUDA device (torch {torch.__version__}, "
+                                  f"{build}): use {key}=cpu")
+            if device.index is not None and device.index >= count:
+                raise ConfigError(f"{key}={name}, but this machine has {count} CUDA device(s): use cuda:0 to "
+                                  f"cuda:{count - 1}")
+    for key, folder in (("checkpoint.dir", Path(config.checkpoint.dir) / config.run_name),
+                        ("logger.log_dir", Path(config.logger.log_dir) / config.run_name)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write_test_{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ConfigError(f"{key}: cannot write to {folder} ({error.strerror or error}); choose a writable "
+                              f"folder, e.g. {key}=/tmp/{key.split('.')[0]}s") from None
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
+        check_machine(config)
         self.config = config
         grpo = config.grpo
         seed_everything(config.seed, config.deterministic)

@@ -244,8 +244,9 @@ class SimConfig:
             raise ValueError(f"env.map must be 'procedural', 'straight' or 'junction', got {self.map!r}")
         if self.split not in ("train", "eval"):
             raise ValueError(f"env.split must be 'train' or 'eval', got {self.split!r}")
-        if self.num_towns < 1:
-            raise ValueError(f"env.num_towns must be >= 1, got {self.num_towns}")
+        if not 1 <= self.num_towns <= 4096:
+            raise ValueError(f"env.num_towns must lie in [1, 4096] (each town is generated at start and held in "
+                             f"memory), got {self.num_towns}")
         if self.max_episode_steps < 1:
             raise ValueError(f"env.max_episode_steps must be >= 1, got {self.max_episode_steps}")
         unknown = set(self.terminate_on) - set(INFRACTIONS)

@@ -48,3 +48,15 @@ def test_round_trip_and_defaults():
 def test_errors_name_the_key_and_the_fix(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Outer, data, "")
+
+
+def test_non_finite_numbers_are_refused():
+    import math
+
+    from grpo.config import train_config_from_dict
+
+    for value in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ConfigError, match="grpo.learning_rate must be a finite number"):
+            train_config_from_dict({"grpo": {"learning_rate": value}})
+    with pytest.raises(ConfigError, match="branches per iteration; at most 1,048,576"):
+        train_config_from_dict({"grpo": {"num_trunks": 100_000_000}})

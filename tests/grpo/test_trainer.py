@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs.factory import env_config_from_dict
+from envs.typed_config import ConfigError
 from grpo.checkpoint import load_checkpoint
 from grpo.config import EvalConfig, train_config_from_dict
 from grpo.evaluation import evaluate_policy
@@ -297,3 +298,22 @@ def test_ctrl_c_during_the_warm_start_stops_within_a_step(tmp_path):
     assert process.returncode == 130 and "interrupted during the warm start" in stderr, stderr[-2000:]
     assert time.time() - start < 30 and "Traceback" not in stderr
     assert not (tmp_path / "ckpt" / "stop" / "last.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("section", [{"device": "cuda"}, {"env": {"device": "cuda:0"}}])
+def test_a_missing_cuda_device_is_named_before_any_work(tmp_path, section):
+    config = quiet_config(tmp_path, **section)
+    with pytest.raises(ConfigError, match=r"device=cuda(:0)?, but this machine has no CUDA device .* use .*=cpu"):
+        Trainer(config)
+
+
+def test_an_unwritable_output_folder_is_named_before_any_work(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    config = quiet_config(tmp_path, checkpoint={"dir": str(blocked)})
+    with pytest.raises(ConfigError, match=r"checkpoint.dir: cannot write to .*file/t"):
+        Trainer(config)
+    config = quiet_config(tmp_path, logger={"log_dir": str(blocked)})
+    with pytest.raises(ConfigError, match=r"logger.log_dir: cannot write to"):
+        Trainer(config)
