@@ -138,16 +138,28 @@ def mean_abs_jerk(speeds: torch.Tensor, live: torch.Tensor, dt: float) -> torch.
 # --- driving the suite -------------------------------------------------------------------------------------
 
 
+IN_PROCESS_BACKENDS = ("sim", "gym")
+"""Backends whose evaluation runs in the evaluating process whatever the training services are."""
+
+
 def eval_env_config(env_config: EnvConfig, config: EvalConfig) -> EnvConfig:
     """The env an evaluation runs on: the held-out towns (split "eval"), ``eval.device`` if set, and as many
-    worlds as routes unless ``env.worlds_per_service`` caps it (then the routes run in waves)."""
+    worlds as routes unless ``env.worlds_per_service`` caps it (then the routes run in waves); the built-in
+    simulator and gymnasium envs in this process (:data:`IN_PROCESS_BACKENDS`)."""
     overrides: dict[str, Any] = {"split": "eval", "num_worlds": env_config.capacity(config.num_routes)}
     if config.device is not None:
         overrides["device"] = config.device
     fields = {f.name for f in dataclasses.fields(env_config.backend_config)}
     backend_config = dataclasses.replace(env_config.backend_config,
                                          **{k: v for k, v in overrides.items() if k in fields})
-    return dataclasses.replace(env_config, backend_config=backend_config)
+    services = env_config.services
+    if env_config.backend in IN_PROCESS_BACKENDS:
+        # The built-in simulator and gymnasium envs evaluate in this process: no second set of service
+        # processes or Ray actors next to the trainer's (on a 2-core machine those would wait for CPUs the
+        # training actors hold), and one in-process service is their fastest path anyway.
+        services = dataclasses.replace(services, num_services=1, launcher="local", worlds_per_service=None)
+        backend_config = dataclasses.replace(backend_config, num_worlds=config.num_routes)
+    return dataclasses.replace(env_config, backend_config=backend_config, services=services)
 
 
 def build_eval_backend(env_config: EnvConfig, config: EvalConfig) -> Backend:

@@ -10,22 +10,33 @@ process services."""
 from __future__ import annotations
 
 import atexit
+from pathlib import Path
 from typing import Any
 
 from envs.api import BackendError, ServiceFailure
 
 
+def runtime_env() -> dict[str, Any]:
+    """What every actor's worker needs from this checkout: the ``envs`` package (the simulator, the backends,
+    the service host), shipped by Ray to each node, so a cluster node needs only the project's dependencies
+    (torch, numpy, gymnasium; see docs/services.md), never the project itself installed by hand."""
+    import envs
+
+    return {"py_modules": [str(Path(envs.__file__).parent)]}
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address``, or start a local one on 127.0.0.1 when it is None."""
+    """Join the Ray cluster at ``address``, or start a local one on 127.0.0.1 when it is None. Actors' output
+    (a service's prints and tracebacks) is forwarded to this process's console, tagged with the actor."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, runtime_env=runtime_env(), log_to_driver=True)
     else:
         # address="local" starts a new Ray; None would look for RAY_ADDRESS or the last cluster started here.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  _node_ip_address="127.0.0.1")
         atexit.register(ray.shutdown)
 
