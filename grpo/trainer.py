@@ -226,7 +226,8 @@ class Trainer:
             self.counters["episodes/started"] += self.rollout.restart_ended_trunks()
             self.rollout.drive_trunks(grpo.trunk_steps)
         with timed(timers, "branch"):  # snapshot -> branches (restored from each trunk's snapshot)
-            picture_due = _due(self.iteration, self.config.logger.picture_every)
+            # due by the iteration this one completes, as the evaluation is: both land on the same logged step
+            picture_due = _due(self.iteration + 1, self.config.logger.picture_every)
             batch = self.rollout.drive_branches(record_positions=picture_due)
         with timed(timers, "advantages"):
             returns = discounted_returns(batch.rewards, grpo.discount)
