@@ -17,9 +17,9 @@ import json
 import time
 from pathlib import Path
 
+from envs.driving.expert import ExpertDriver
 from envs.metrics import EpisodeAccumulator, summarise
 from envs.sim.config import SimConfig
-from envs.sim.expert import ExpertDriver
 from envs.sim.world import DrivingSim
 
 RESULTS = Path(__file__).parent / "results"

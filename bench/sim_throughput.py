@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from envs.sim.config import LightConfig, PedestrianConfig, RewardConfig, SimConfig, TrafficConfig
-from envs.sim.expert import ExpertDriver
+from envs.driving.config import RewardConfig
+from envs.driving.expert import ExpertDriver
+from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
 from envs.sim.world import DrivingSim
 
 RESULTS = Path(__file__).parent / "results"

@@ -283,7 +283,8 @@ def make_sim_vector_env(config, *, render_mode: str | None = None) -> DrivingVec
 
 def _sim_config(num_worlds: int, kwargs: dict[str, Any]):
     """SimConfig from gymnasium keyword arguments; ``town``, ``vehicle`` and ``reward`` may be dicts."""
-    from envs.sim.config import RewardConfig, SimConfig, VehicleConfig
+    from envs.driving.config import RewardConfig, VehicleConfig
+    from envs.sim.config import SimConfig
     from envs.sim.towngen import TownConfig
 
     kwargs = dict(kwargs)

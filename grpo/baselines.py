@@ -36,7 +36,7 @@ def build_baseline(name: str):
     if name == "random":
         return RandomDriver()
     if name == "expert":
-        from envs.sim import expert
+        from envs.driving import expert
 
         return ControllerDriver(getattr(expert, "ExpertDriver", None)() if hasattr(expert, "ExpertDriver")
                                 else expert.route_follower)

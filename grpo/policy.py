@@ -8,7 +8,7 @@ initial policy is close to Beta(1 + ln 2, 1 + ln 2) ~ Beta(1.69, 1.69) in both d
 (no throttle or brake, straight steer on average), whatever the observation.
 
 Driving policies read one derived input besides the observation (``obstacle_features``, on by default): what
-is in the ego's way, as the privileged expert reads it from the same observation (envs.sim.expert). The
+is in the ego's way, as the privileged expert reads it from the same observation (envs.driving.expert). The
 observation lists the 8 nearest vehicles and 4 nearest pedestrians; which of them is in the ego's path is a
 geometric question (project each onto the route, compare the offset with the corridor's half-width) that an
 MLP learns slowly: cloning the expert reaches a driving score of 54 without the input and 99 with it
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from envs.api import OBSERVATION_LAYOUT
-from envs.sim.expert import FAR, ExpertDriver
+from envs.driving.expert import FAR, ExpertDriver
 from grpo.distributions import DRIVING_ACTIONS, ActionMapping, BetaActions
 
 PolicyKind = Literal["mlp", "cnn", "entity"]
@@ -77,7 +77,7 @@ class PolicyConfig:
             driving observations before the network. Ignored for observations that are not the driving
             layout (gymnasium tasks).
         route_frame: default False. Append every vehicle and pedestrian slot expressed along the route
-            (envs.sim.expert.ExpertDriver.actors_along_route: gaps along the path and clearances across it,
+            (envs.driving.expert.ExpertDriver.actors_along_route: gaps along the path and clearances across it,
             now and predicted) to driving observations. The ``"entity"`` policy always reads them.
         token_size: default 64. ``"entity"``: width of every token (the ego and route, each vehicle, each
             pedestrian).
@@ -346,7 +346,7 @@ class EntityPolicy(_BetaPolicy):
     Tokens: one for the ego and its route (ego features, route points, the traffic light, and the obstacle
     inputs when ``obstacle_features`` is on), one per vehicle slot and one per pedestrian slot, each its
     observation features beside the same slot expressed along the route
-    (:meth:`envs.sim.expert.ExpertDriver.actors_along_route`). Each kind has its own embedding; empty slots
+    (:meth:`envs.driving.expert.ExpertDriver.actors_along_route`). Each kind has its own embedding; empty slots
     are masked out of attention and pooling. ``token_layers`` pre-norm transformer layers let every token
     read the others; the ego token's output, with the element-wise max over the road users' outputs, goes
     through the ``hidden_sizes`` MLP to the Beta head. Slots are a set: the encoder does not depend on their

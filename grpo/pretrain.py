@@ -4,7 +4,7 @@ Why: GRPO can only reinforce what the policy's own samples already do now and th
 light takes a second or more of steady braking, which independent per-step exploration noise almost never
 produces from a policy that has learnt to drive on; groups then hold no branch that stops, and nothing
 teaches it (the default policy now holds its longitudinal command, ``policy.action_repeat``, for that
-reason). Cloning :class:`~envs.sim.expert.ExpertDriver` (it reads only the observation, so it drives any
+reason). Cloning :class:`~envs.driving.expert.ExpertDriver` (it reads only the observation, so it drives any
 driving backend) puts such behaviour in the policy first, and GRPO goes on from there; the frozen reference
 policy is then the cloned one, so ``grpo.beta > 0`` keeps GRPO near it.
 
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from envs.api import Backend
-from envs.sim.expert import ExpertDriver
+from envs.driving.expert import ExpertDriver
 from grpo.distributions import raw_to_control
 from grpo.policy import CNNPolicy, EntityPolicy, HeldActions, MLPPolicy
 from grpo.progress import Progress

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from envs.sim.config import TERMINAL_INFRACTIONS, RewardConfig
+from envs.driving.config import TERMINAL_INFRACTIONS, RewardConfig
 
 MAX_PORT = 65535
 

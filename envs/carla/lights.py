@@ -36,10 +36,10 @@ STOP_LINE_HALF_WIDTH = 0.45  # stop lines span this fraction of the lane width o
 
 
 def to_sim_state(state: np.ndarray) -> np.ndarray:
-    """CARLA light states -> envs.sim.lights (GREEN 0, YELLOW 1, RED 2); Off and Unknown -> -1 (no light)."""
-    from envs.sim.lights import GREEN as SIM_GREEN
-    from envs.sim.lights import RED as SIM_RED
-    from envs.sim.lights import YELLOW as SIM_YELLOW
+    """CARLA light states -> envs.driving.lights (GREEN 0, YELLOW 1, RED 2); Off and Unknown -> -1 (no light)."""
+    from envs.driving.lights import GREEN as SIM_GREEN
+    from envs.driving.lights import RED as SIM_RED
+    from envs.driving.lights import YELLOW as SIM_YELLOW
 
     table = np.array([SIM_RED, SIM_YELLOW, SIM_GREEN, -1, -1], dtype=np.int64)
     return table[np.clip(np.asarray(state, dtype=np.int64), 0, 4)]

@@ -11,7 +11,7 @@ From these the module computes, with no server:
 
 * snapshots: :func:`pack_snapshot` / :func:`unpack_snapshot` (plain tensors, so they travel as bytes);
 * observations: :func:`observation_view` + :func:`build_observations`, with the built-in simulator's layout
-  and normalisation (``envs.sim.observation``). CARLA's frame is left-handed (y to the right, yaw clockwise
+  and normalisation (``envs.driving.observation``). CARLA's frame is left-handed (y to the right, yaw clockwise
   seen from above); the observation's ego frame is right-handed (x forward, y left), so y and yaw change sign;
 * one step of the episode rules: :func:`advance_episode` (route progress, infractions, reward, done), the
   same rules and reward weights as the built-in simulator.
@@ -30,9 +30,9 @@ import torch
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, ObservationLayout, Snapshot
 from envs.carla.config import CarlaConfig
 from envs.carla.lights import RED, StopLines, red_light_crossed, to_sim_state
-from envs.sim.config import VehicleConfig
-from envs.sim.expert import ExpertDriver
-from envs.sim.lights import RED as SIM_RED
+from envs.driving.config import VehicleConfig
+from envs.driving.expert import ExpertDriver
+from envs.driving.lights import RED as SIM_RED
 
 STATE_VERSION = 1  # bump when the snapshot layout changes (it is part of the backend's signature)
 EGO_KEY = "hero"  # CARLA's conventional role name for the ego (large maps stream tiles around it)
@@ -272,7 +272,7 @@ def project_onto_route(route: RouteData, x: float, y: float, yaw: float, s_previ
 
 @dataclass
 class ObservationView:
-    """What one world's observation is made of, right-handed world frame (see envs.sim.observation)."""
+    """What one world's observation is made of, right-handed world frame (see envs.driving.observation)."""
 
     x: float
     y: float
@@ -285,7 +285,7 @@ class ObservationView:
     route_points: np.ndarray  # [num_route_points, 2]
     vehicles: np.ndarray  # [N, 8]: x, y, yaw, vx, vy, length, width, valid
     walkers: np.ndarray  # [M, 5]: x, y, vx, vy, valid
-    light: np.ndarray  # [3]: state (envs.sim.lights), distance to the stop line (m), valid
+    light: np.ndarray  # [3]: state (envs.driving.lights), distance to the stop line (m), valid
 
 
 def ego_front(actors: ActorStates) -> np.ndarray:
@@ -338,8 +338,8 @@ def observation_view(layout: ObservationLayout, actors: ActorStates, episode: Ep
 
 
 def build_observations(layout: ObservationLayout, views: list[ObservationView]) -> torch.Tensor:
-    """Observations [B, layout.size] of several worlds, with envs.sim.observation's functions."""
-    from envs.sim.observation import actor_features, build_observation, light_features
+    """Observations [B, layout.size] of several worlds, with envs.driving.observation's functions."""
+    from envs.driving.observation import actor_features, build_observation, light_features
 
     def column(name: str) -> torch.Tensor:
         return torch.tensor([getattr(v, name) for v in views], dtype=torch.float64)
@@ -401,7 +401,7 @@ class StepEvents:
 
 def next_light(route: RouteData, actors: ActorStates, route_s: float) -> tuple[int, float] | None:
     """The next light on the route whose stop line the ego's front bumper has not passed and which is at
-    most LIGHT_OBSERVATION_M ahead: (its state as envs.sim.lights numbers, metres to its line), or None."""
+    most LIGHT_OBSERVATION_M ahead: (its state as envs.driving.lights numbers, metres to its line), or None."""
     front_s = route_s + actors.vehicle_extent[0, 0]
     upcoming = np.flatnonzero(route.stop_s > front_s)
     if not len(upcoming):

@@ -24,7 +24,7 @@ class ServiceHost:
     """Owns one backend built from a flat env config; ``handle(method, *args)`` runs one call."""
 
     def __init__(self, env_config: dict[str, Any], num_worlds: int, threads: int = 1):
-        from envs.factory import build_local_backend, env_config_from_dict
+        from envs.backends import build_local_backend, env_config_from_dict
 
         torch.set_num_threads(threads)
         config = env_config_from_dict({**env_config, "num_services": 1, "launcher": "local"})

@@ -30,12 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from envs.api import BackendError, ServiceFailure, Snapshot
+from envs.services.http_config import HttpConfig
 from envs.services.wire import CONTENT_TYPE, decode, encode, snapshot_from_wire, snapshot_to_wire
 
 TOKEN_VARIABLE = "GRPO_SERVE_TOKEN"
@@ -43,37 +43,6 @@ TOKEN_VARIABLE = "GRPO_SERVE_TOKEN"
 
 LISTENING_LINE = "grpo-drive serve: listening on "
 """The first line a server prints, followed by its URL: :class:`LocalServer` reads the port from it."""
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """The backend config of ``env=http`` (conf/env/http.yaml)."""
-
-    urls: tuple[str, ...] = ()  # service URLs (http://127.0.0.1:8080); empty = launch env.num_services local ones
-    token: str | None = None  # bearer token the services require (serve.token); null = $GRPO_SERVE_TOKEN if set
-    # (keeping it out of the config keeps it out of checkpoints and run logs)
-    serve_env: dict[str, Any] = field(default_factory=dict)  # flat env config launched servers build (e.g.
-    # {map: straight}); empty = the built-in simulator's defaults; unused with urls (each server has its own)
-    server_threads: int = 1  # torch threads of each launched server (2 threads thrashed on a busy 2-core machine:
-    # 800 against 5,000 env-steps/s in bench/services.py)
-    num_worlds: int = 1  # worlds over all services; the trainer sets it to grpo.num_trunks * grpo.group_size
-    device: str = "cpu"  # device of the returned tensors; answers arrive on the CPU
-    split: Literal["train", "eval"] = "train"  # train | eval: evaluation sessions draw held-out routes
-
-    def __post_init__(self) -> None:
-        for url in self.urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-                raise ValueError(f"env.urls: {url!r} is not a service URL; write http://host:port (no path)")
-        if self.num_worlds < 1:
-            raise ValueError(f"env.num_worlds must be >= 1, got {self.num_worlds}")
-        if self.device != "cpu":
-            raise ValueError(f"env.device must be cpu for env=http (answers arrive as CPU arrays), got {self.device}; "
-                             "the servers' own device is env.serve_env.device or theirs")
-        if self.server_threads < 1:
-            raise ValueError(f"env.server_threads must be >= 1, got {self.server_threads}")
-        if self.serve_env.get("backend") == "http":
-            raise ValueError("env.serve_env.backend cannot be http: launched servers serve sim, gym or carla")
 
 
 class LocalServer:
@@ -337,7 +306,7 @@ def start_http_services(config: HttpConfig, services) -> Any:
                            f"leave env.num_services out (the URLs count) or set it to {len(urls)}")
     count = len(urls) if urls else services.num_services
     if not urls:  # a typo in the launched servers' config is named here, not found in a server's log
-        from envs.factory import env_config_from_dict
+        from envs.backends import env_config_from_dict
 
         env_config_from_dict(dict(config.serve_env), "env.serve_env")
     threads = config.server_threads

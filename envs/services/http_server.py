@@ -200,7 +200,7 @@ class WorldServer:
     Framework-free: every method takes and returns plain values, so the endpoints stay one-liners."""
 
     def __init__(self, config: ServeConfig, env_config: dict[str, Any]):
-        from envs.factory import env_config_from_dict
+        from envs.backends import env_config_from_dict
 
         self.config = config
         parsed = env_config_from_dict(env_config)  # a bad env config fails at start, not at the first call

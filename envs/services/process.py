@@ -80,7 +80,7 @@ def _serve_until_closed(connection, env_config: dict[str, Any], num_worlds: int,
 
 def _context():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "envs.services.host", "envs.factory"])
+    context.set_forkserver_preload(["torch", "envs.services.host", "envs.backends"])
     return context
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from envs.sim.config import VehicleConfig
+from envs.driving.config import VehicleConfig
 
 
 def longitudinal_acceleration(speed: torch.Tensor, throttle: torch.Tensor, brake: torch.Tensor,

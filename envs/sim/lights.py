@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from envs.driving.lights import GREEN, RED, YELLOW  # noqa: F401  (the states light_states returns)
 from envs.sim import ops
 from envs.sim.bank import TownBank
 from envs.sim.config import LightConfig
 
-GREEN, YELLOW, RED = 0, 1, 2
-"""Light states as integers; observations one-hot them as (red, yellow, green)."""
 
 def light_states(bank: TownBank, config: LightConfig, slot: torch.Tensor, light: torch.Tensor,
                  time_s: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,9 @@ import math
 
 import torch
 
+from envs.driving.lights import GREEN, RED, YELLOW
 from envs.sim.bank import TownBank
-from envs.sim.lights import GREEN, RED, YELLOW, light_states
+from envs.sim.lights import light_states
 from envs.sim.town import RASTER_DRIVABLE, RASTER_MARKING
 
 CHANNELS = ("drivable", "markings", "route", "vehicles", "pedestrians", "lights")

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from envs.api import BackendError
-from envs.sim.lights import GREEN, YELLOW
+from envs.driving.lights import GREEN, YELLOW
 from envs.sim.town import RASTER_CLEARANCE, RASTER_DRIVABLE, RASTER_JUNCTION, RASTER_MARKING, Town
 from envs.sim.world import DrivingSim
 

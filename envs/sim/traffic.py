@@ -44,10 +44,11 @@ from typing import NamedTuple
 
 import torch
 
+from envs.driving.lights import GREEN
 from envs.sim import ops, rng
 from envs.sim.bank import TownBank
 from envs.sim.config import SimConfig, TrafficConfig
-from envs.sim.lights import GREEN, light_states
+from envs.sim.lights import light_states
 from envs.sim.ops import select, select_int
 
 SPAWN_CLEARANCE_M = 12.0

@@ -31,14 +31,15 @@ from envs.api import (
     as_world_ids,
     check_actions,
 )
+from envs.driving.expert import ExpertDriver
+from envs.driving.lights import RED
+from envs.driving.observation import actor_features, build_observation, light_features, red_stop_distance
 from envs.sim import rng
 from envs.sim.bank import TownBank
 from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import SimConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
-from envs.sim.expert import ExpertDriver
-from envs.sim.lights import RED, light_states
-from envs.sim.observation import actor_features, build_observation, light_features, red_stop_distance
+from envs.sim.lights import light_states
 from envs.sim.ops import select, select_int
 from envs.sim.pedestrians import Pedestrians, spawn_pedestrian, walk
 from envs.sim.raster import RasterObserver

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, StepResult
+from envs.driving.expert import route_follower
 from envs.factory import env_config_from_dict
-from envs.sim.expert import route_follower
 from envs.sim.render import ROAD_COLOR
 from grpo.baselines import ControllerDriver, build_baseline
 from grpo.checkpoint import CheckpointError, save_checkpoint

@@ -106,7 +106,7 @@ def test_cnn_rejects_a_missing_or_misshapen_raster():
 
 def test_driving_policies_also_read_the_obstacle_in_the_way():
     from envs.api import OBSERVATION_LAYOUT
-    from envs.sim.expert import ExpertDriver
+    from envs.driving.expert import ExpertDriver
     from grpo.distributions import ActionMapping
 
     layout = OBSERVATION_LAYOUT

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from envs.driving.expert import ExpertDriver
 from envs.sim.config import SimConfig
-from envs.sim.expert import ExpertDriver
 from envs.sim.world import DrivingSim
 from grpo.distributions import raw_to_control
 from grpo.policy import MLPPolicy, PolicyConfig

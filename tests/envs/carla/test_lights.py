@@ -69,9 +69,9 @@ def test_schedule_from_lights_groups_and_orders_by_pole():
 
 
 def test_states_to_the_simulators_constants():
-    from envs.sim.lights import GREEN as SIM_GREEN
-    from envs.sim.lights import RED as SIM_RED
-    from envs.sim.lights import YELLOW as SIM_YELLOW
+    from envs.driving.lights import GREEN as SIM_GREEN
+    from envs.driving.lights import RED as SIM_RED
+    from envs.driving.lights import YELLOW as SIM_YELLOW
 
     assert to_sim_state(np.array([RED, YELLOW, GREEN, 3, 4])).tolist() == [SIM_RED, SIM_YELLOW, SIM_GREEN, -1, -1]
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from envs.driving.lights import GREEN, RED
 from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
-from envs.sim.lights import GREEN, RED
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from envs.sim.config import VehicleConfig
+from envs.driving.config import VehicleConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
 
 VEHICLE = VehicleConfig()

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from envs.contract import check_snapshot_contract
+from envs.driving.expert import ExpertDriver, route_follower
 from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
-from envs.sim.expert import ExpertDriver, route_follower
 from envs.sim.traffic import traffic_overlaps
 from envs.sim.world import DrivingSim
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from envs.driving.lights import GREEN, RED, YELLOW
 from envs.sim.bank import TownBank
 from envs.sim.config import LightConfig, SimConfig
-from envs.sim.lights import GREEN, RED, YELLOW, light_states
+from envs.sim.lights import light_states
 from envs.sim.towngen import TownConfig, cross_junction_town
 from envs.sim.world import DrivingSim
 from tests.envs.conftest import EMPTY_WORLD

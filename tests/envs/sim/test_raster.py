@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from envs.driving.lights import GREEN, RED
 from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
-from envs.sim.lights import GREEN, RED
 from envs.sim.raster import CHANNELS, LIGHT_VALUES
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim

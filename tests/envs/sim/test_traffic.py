@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from envs.driving.lights import RED
 from envs.sim.config import PedestrianConfig, SimConfig, TrafficConfig
-from envs.sim.lights import RED
 from envs.sim.towngen import TownConfig, cross_junction_ids
 from envs.sim.traffic import FAR, idm_acceleration, lane_leaders, traffic_overlaps
 from envs.sim.world import DrivingSim

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, BackendError
+from envs.driving.expert import route_follower
 from envs.sim.config import LightConfig, SimConfig
-from envs.sim.expert import route_follower
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
 from tests.envs.conftest import EMPTY_WORLD
@@ -58,7 +58,7 @@ def test_reward_is_progress_when_nothing_goes_wrong(straight_sim):
 
 
 def test_speed_limit_caps_the_progress_reward_and_overspeed_is_penalised(straight_sim):
-    from envs.sim.config import RewardConfig
+    from envs.driving.config import RewardConfig
 
     limited = RewardConfig(speed_limit=5.0, overspeed_per_ms=0.2)
     sims = [straight_sim(2), straight_sim(2, reward=limited)]
@@ -74,7 +74,7 @@ def test_speed_limit_caps_the_progress_reward_and_overspeed_is_penalised(straigh
 
 
 def test_a_red_light_ahead_lowers_the_limit_to_a_speed_that_can_still_stop():
-    from envs.sim.config import RewardConfig
+    from envs.driving.config import RewardConfig
 
     reward = RewardConfig(speed_limit=10.0, stop_decel=2.0, overspeed_per_ms=0.1)
     speed = torch.tensor([8.0, 8.0, 8.0])
@@ -89,7 +89,7 @@ def test_a_red_light_ahead_lowers_the_limit_to_a_speed_that_can_still_stop():
 
 
 def test_an_obstacle_in_the_way_lowers_the_limit_to_a_speed_that_can_still_stop_behind_it():
-    from envs.sim.config import RewardConfig
+    from envs.driving.config import RewardConfig
 
     reward = RewardConfig(stop_decel=0.0, obstacle_decel=2.0, overspeed_per_ms=0.1)
     speed = torch.tensor([8.0, 8.0, 8.0])
@@ -105,8 +105,8 @@ def test_an_obstacle_in_the_way_lowers_the_limit_to_a_speed_that_can_still_stop_
 
 
 def test_the_simulator_shapes_its_reward_by_the_obstacle_its_observation_shows():
-    from envs.sim.config import RewardConfig
-    from envs.sim.expert import ExpertDriver
+    from envs.driving.config import RewardConfig
+    from envs.driving.expert import ExpertDriver
 
     # Two copies of a busy world driven alike; the reward does not touch the dynamics, so they stay equal.
     plain = RewardConfig(stop_decel=0.0, obstacle_decel=0.0, overspeed_per_ms=0.1)
@@ -257,7 +257,7 @@ def test_observation_is_finite_and_in_ego_frame(straight_sim):
 
 
 def test_a_world_without_traffic_or_pedestrians_skips_the_obstacle_shaping(monkeypatch):
-    from envs.sim.config import RewardConfig
+    from envs.driving.config import RewardConfig
 
     # Nothing can be in the way, so the default shaping must neither run nor change the reward.
     sims = [DrivingSim(SimConfig(num_worlds=4, reward=RewardConfig(obstacle_decel=decel), **EMPTY_WORLD))
@@ -273,7 +273,7 @@ def test_a_world_without_traffic_or_pedestrians_skips_the_obstacle_shaping(monke
 def test_forfeit_route_charges_a_branch_that_ends_early_for_the_route_it_loses(straight_sim):
     # Three hand-built branches on a 60 m route from the same start: world 0 steers off the road (ends early),
     # world 1 creeps (survives the horizon), world 2 drives straight at full throttle (completes the route).
-    from envs.sim.config import RewardConfig
+    from envs.driving.config import RewardConfig
     from grpo.rollout import discounted_returns
 
     route = {"num_routes": 2, "route_length_m": 60.0}

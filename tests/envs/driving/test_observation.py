@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from envs.api import OBSERVATION_LAYOUT
+from envs.driving.observation import SIZE_SCALE_M
 from envs.sim.config import PedestrianConfig, SimConfig, TrafficConfig
-from envs.sim.observation import SIZE_SCALE_M
 from envs.sim.world import DrivingSim
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -89,10 +89,10 @@ def actor_features(layout: ObservationLayout, ego_x, ego_y, ego_yaw, actor_x, ac
 
 def light_features(layout: ObservationLayout, state: torch.Tensor, distance: torch.Tensor, valid: torch.Tensor,
                    out: torch.Tensor) -> torch.Tensor:
-    """Write the light slot into ``out`` [B, 5]: one-hot (red, yellow, green) of ``state`` (envs.sim.lights
+    """Write the light slot into ``out`` [B, 5]: one-hot (red, yellow, green) of ``state`` (envs.driving.lights
     constants), the distance (m) from the ego's front bumper along the route to the stop line /
     distance_scale, and valid; all zero where not ``valid``."""
-    from envs.sim.lights import GREEN, RED, YELLOW
+    from envs.driving.lights import GREEN, RED, YELLOW
 
     shown = valid.float()
     out[:, 0] = (state == RED) * shown

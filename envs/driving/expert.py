@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from envs.api import OBSERVATION_LAYOUT, ObservationLayout
-from envs.sim.config import VehicleConfig
-from envs.sim.observation import LATERAL_SCALE_M, SIZE_SCALE_M
+from envs.driving.config import VehicleConfig
+from envs.driving.observation import LATERAL_SCALE_M, SIZE_SCALE_M
 
 FAR = 1e6
 

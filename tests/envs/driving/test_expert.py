@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from envs.api import INFRACTIONS, OBSERVATION_LAYOUT
+from envs.driving.expert import ExpertDriver, route_follower
 from envs.metrics import EpisodeAccumulator, summarise
 from envs.sim.config import SimConfig
-from envs.sim.expert import ExpertDriver, route_follower
 from envs.sim.towngen import TownConfig
 from envs.sim.world import DrivingSim
 
@@ -105,7 +105,7 @@ def test_route_follower_is_still_there():
 
 
 def test_points_project_onto_their_nearest_segment_of_the_path():
-    from envs.sim.expert import _project
+    from envs.driving.expert import _project
 
     # An L: 10 m east, 10 m north, then the goal repeated (a zero-length segment that is never nearest).
     path = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [10.0, 10.0]]])
