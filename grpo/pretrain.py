@@ -9,7 +9,7 @@ driving backend) puts such behaviour in the policy first, and GRPO goes on from 
 policy is then the cloned one, so ``grpo.beta > 0`` keeps GRPO near it.
 
 On by default, with the GRPO settings it needs (``pretrain.updates=0`` or ``experiment=from_scratch`` turns
-it off). Measured on the busy world (README, "Learning benchmark"): the DAgger clone scores 55-67 after 2-3
+it off). Measured on the busy world (docs/learning.md): the DAgger clone scores 55-67 after 2-3
 minutes, but alone GRPO then trades its caution for speed within minutes, even at a learning rate of 1e-5:
 a 10 s branch pays for the extra metres and rarely sees the crash they lead to. The reward's obstacle
 shaping (``env.reward.obstacle_decel``) and a KL penalty to the clone (``grpo.beta``) hold it, and GRPO

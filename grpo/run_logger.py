@@ -1,4 +1,4 @@
-"""Metrics and pictures to TensorBoard and wandb, under flat names (the README's "Logged metrics" table).
+"""Metrics and pictures to TensorBoard and wandb, under flat names (docs/training.md, "Logged metrics").
 
 wandb never stops a run. In ``online`` mode without an API key it logs offline (sync later with
 ``wandb sync``); if the server cannot be reached within ``init_timeout_s`` it also falls back to offline; any

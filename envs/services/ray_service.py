@@ -19,7 +19,7 @@ from envs.api import BackendError, ServiceFailure
 def runtime_env() -> dict[str, Any]:
     """What every actor's worker needs from this checkout: the ``envs`` package (the simulator, the backends,
     the service host), shipped by Ray to each node, so a cluster node needs only the project's dependencies
-    (torch, numpy, gymnasium; README, "Services"), never the project itself installed by hand."""
+    (torch, numpy, gymnasium; docs/services.md), never the project itself installed by hand."""
     import envs
 
     return {"py_modules": [str(Path(envs.__file__).parent)]}

@@ -91,7 +91,7 @@ def _composed(*overrides: str):
 
 
 def test_the_default_run_is_the_warm_start_recipe():
-    # README "Warm start": clone first, then GRPO held near the clone by the KL and the obstacle shaping.
+    # docs/training.md "Warm start": clone first, then GRPO held near the clone by the KL and the obstacle shaping.
     config = _composed()
     assert config.pretrain.updates == 4000 and config.pretrain.dagger_rounds == 6
     assert (config.grpo.learning_rate, config.grpo.beta, config.grpo.reference) == (1e-4, 0.2, "frozen")

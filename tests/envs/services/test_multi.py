@@ -230,7 +230,7 @@ def test_training_survives_a_service_killed_while_idle(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_training_survives_twenty_kills_at_random_moments():
-    # bench/faults.py's measurement (its figures are in the README): the smoke experiment on two services,
+    # bench/faults.py's measurement (its figures are in docs/reliability.md): the smoke experiment on two services,
     # a random service SIGKILLed every 0.3-1.5 s, idle or mid-call, 20 times in one run.
     from bench.faults import kill_during_training
 
