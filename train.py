@@ -6,12 +6,16 @@
     python train.py -m grpo.group_size=4,8           # a sweep
 """
 
+import sys
+from pathlib import Path
+
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from grpo.cli import one_line_errors
+from grpo.cli import config_help, help_sources, one_line_errors
 from grpo.config import train_config_from_dict
 from grpo.trainer import Trainer
 
@@ -28,5 +32,23 @@ def main(cfg: DictConfig) -> float:
     return metrics.get("eval/driving_score", float("nan"))
 
 
+def print_help(overrides: list[str]) -> None:
+    """``--help``: every key of the config these overrides compose, with its value and the comment above it."""
+    conf = Path(__file__).parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra")
+    groups = ", ".join(f"{group}=<{'|'.join(sorted(p.stem for p in (conf / group).glob('*.yaml')))}>"
+                       for group in sorted(choices) if (conf / group).is_dir())
+    print(config_help(data, help_sources(conf, "config", choices),
+                      f"python train.py [group=option ...] [key=value ...]\n\nGroups: {groups}\n"
+                      "Hydra's own flags: python train.py --hydra-help"))
+
+
 if __name__ == "__main__":
-    main()
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print_help([arg for arg in sys.argv[1:] if arg not in ("--help", "-h")])
+    else:
+        main()

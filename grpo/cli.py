@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from envs.api import BackendError, ServiceFailure
 from envs.typed_config import ConfigError
@@ -68,3 +70,76 @@ def one_line_errors(overrides: list[str] | None = None, run_name: str | None = N
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(one_line(error))
+
+
+def yaml_comments(path: Path, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> the comment lines just above it, for one of our YAML files (values in YAML, meanings in the
+    comments above them: STYLE.md). ``prefix`` is the package the file's keys land in (``env`` for
+    conf/env/*.yaml); a file marked ``# @package _global_`` lands at the root."""
+    lines = path.read_text().splitlines()
+    if lines and lines[0].strip() == "# @package _global_":
+        prefix = ""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
+    pending: list[str] = []
+    shared, shared_indent = "", 0  # a comment above several consecutive keys documents each of them
+    first = True  # the file's opening comment describes the file: only its last line is the first key's
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+            continue
+        if not stripped or stripped.startswith("-") or ":" not in stripped:
+            pending, shared = [], ""
+            continue
+        indent = len(line) - len(line.lstrip())
+        key = stripped.split(":", 1)[0].strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([part for part in (prefix, *[k for _, k in stack], key) if part])
+        if pending:
+            shared, shared_indent = " ".join(pending[-1:] if first else pending), indent
+        elif indent != shared_indent:  # a shared comment covers the following keys of its own mapping only
+            shared = ""
+        if shared and key != "defaults":
+            comments[dotted] = shared
+        pending, first = [], False
+        stack.append((indent, key))
+    return comments
+
+
+def config_help(config: dict[str, Any], sources: list[tuple[Path, str]], title: str) -> str:
+    """Every leaf key of a composed ``config`` with its value and the comment above it in ``sources``
+    ((file, package) pairs, the most specific first: the chosen group options before the others)."""
+    comments: dict[str, str] = {}
+    for path, prefix in reversed(sources):  # the most specific file's comment wins
+        comments.update(yaml_comments(path, prefix))
+    rows = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+            return
+        shown = "null" if node is None else str(node).lower() if isinstance(node, bool) else str(node)
+        rows.append((path, shown, comments.get(path, "")))
+
+    walk(config, "")
+    width = min(48, max(len(f"{key}={value}") for key, value, _ in rows))
+    body = "\n".join(f"  {key}={value}".ljust(width + 4) + (f"  # {comment}" if comment else "")
+                     for key, value, comment in rows)
+    return (f"{title}\n\nEvery key, its value with the overrides given, and what it means (override with "
+            f"key=value):\n\n{body}\n")
+
+
+def help_sources(conf_dir: Path, config_name: str, choices: dict[str, str | None]) -> list[tuple[Path, str]]:
+    """The YAML files whose comments document a composed config, the most specific first: each chosen group
+    option (``choices``, e.g. {"env": "carla"}), then the primary config, then every other option of each
+    group (for keys a chosen option inherits through its defaults list)."""
+    sources = [(conf_dir / group / f"{choice}.yaml", group) for group, choice in choices.items()
+               if choice and not group.startswith("hydra") and (conf_dir / group / f"{choice}.yaml").is_file()]
+    sources.append((conf_dir / f"{config_name}.yaml", ""))
+    for group in sorted({group for group in choices if (conf_dir / group).is_dir()}):
+        sources += [(path, group) for path in sorted((conf_dir / group).glob("*.yaml"))
+                    if (path, group) not in sources]
+    return sources

@@ -1,5 +1,4 @@
-"""The entry points' error handling: a product error is one line on stderr and exit status 1; a bug keeps its
-traceback; HYDRA_FULL_ERROR=1 shows everything."""
+"""What the entry points share: --help documents every key, interrupts print the resume command."""
 
 import subprocess
 import sys
@@ -7,52 +6,38 @@ from pathlib import Path
 
 import pytest
 
-from envs.api import BackendError, ServiceFailure
-from envs.typed_config import ConfigError
-from grpo.checkpoint import CheckpointError
-from grpo.cli import one_line, one_line_errors
-from grpo.trainer import TrainingError
+from grpo.cli import resume_command, yaml_comments
 
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.parametrize(("error", "line"), [
-    (ConfigError("grpo.group_size must be >= 2"), "config error: grpo.group_size must be >= 2"),
-    (CheckpointError("last.pt is empty"), "checkpoint error: last.pt is empty"),
-    (TrainingError("non-finite rewards"), "training error: non-finite rewards"),
-    (BackendError("actions contain NaN"), "backend error: actions contain NaN"),
-    # A service's start-up traceback: the first line names the service, the last one the cause.
-    (ServiceFailure(1, "failed to start:\nTraceback (most recent call last):\n  File x\nValueError: boom"),
-     "service failure: service 1: failed to start: ... ValueError: boom"),
-])
-def test_each_product_error_is_one_labelled_line(error, line):
-    assert one_line(error) == line
+def test_comments_above_keys_document_them(tmp_path):
+    config = tmp_path / "sim.yaml"
+    config.write_text("# The file as a whole.\n# backend kind\nbackend: sim\n\n# seconds before a service counts as "
+                      "dead\nstart_timeout_s: 1\ncall_timeout_s: 2\n# traffic\ntraffic:\n  num_vehicles: 10\n"
+                      "  # vehicle slots\n  slots: 10\n  plain: 1\n")
+    assert yaml_comments(config, "env") == {
+        "env.backend": "backend kind",  # the file's opening lines describe the file; the last one the first key
+        "env.start_timeout_s": "seconds before a service counts as dead",
+        "env.call_timeout_s": "seconds before a service counts as dead",  # one comment above two keys: both
+        "env.traffic": "traffic",  # a mapping's comment is not its children's
+        "env.traffic.slots": "vehicle slots", "env.traffic.plain": "vehicle slots"}
 
 
-def test_one_line_errors_exits_and_lets_bugs_through(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        with one_line_errors():
-            raise CheckpointError("no such file")
-    assert exited.value.code == "checkpoint error: no such file"  # sys.exit(str): stderr, status 1
-    with pytest.raises(KeyError):  # a bug: its traceback stays
-        with one_line_errors():
-            raise KeyError("bug")
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    with pytest.raises(CheckpointError):
-        with one_line_errors():
-            raise CheckpointError("no such file")
-
-
-def test_train_py_reports_a_bad_resume_in_one_line(tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=smoke", f"resume={folder}",
-                           "logger.wandb.mode=disabled", "logger.progress_bar=false", "pretrain.updates=0",
-                           f"checkpoint.dir={tmp_path / 'ckpt'}", f"logger.log_dir={tmp_path / 'runs'}",
-                           f"hydra.run.dir={tmp_path / 'hydra'}"],
+@pytest.mark.parametrize("choice", ["", "env=carla", "experiment=gpu"])
+def test_help_gives_every_key_its_meaning(choice):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *([choice] if choice else []), "--help"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert lines == [f"checkpoint error: resume={folder} is a folder; pass a checkpoint file in it (e.g. "
-                     f"{folder / 'last.pt'}) or resume=auto"], done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    keys = [line for line in done.stdout.splitlines() if line.startswith("  ") and "=" in line.split()[0]]
+    assert len(keys) > 80
+    assert [line for line in keys if "  # " not in line] == []
+    group_size = [line for line in keys if line.startswith("  grpo.group_size=")]
+    assert len(group_size) == 1 and "branches restored from one snapshot" in group_size[0]
+
+
+def test_the_resume_command_keeps_the_overrides_and_names_the_run():
+    command = resume_command(["experiment=smoke", "run_name=old", "resume=auto", "env.num_services=2"], "run7",
+                             "checkpoints/run7/last.pt")
+    assert command == ("python train.py experiment=smoke env.num_services=2 run_name=run7 "
+                       "resume=checkpoints/run7/last.pt")
