@@ -12,10 +12,11 @@ from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from grpo.cli import config_help, help_sources, one_line_errors
+from grpo.cli import config_help, help_sources, one_line_errors, override_error_line
 from grpo.config import train_config_from_dict
 from grpo.trainer import Trainer
 
@@ -47,8 +48,33 @@ def print_help(overrides: list[str]) -> None:
                       "Hydra's own flags: python train.py --hydra-help"))
 
 
-if __name__ == "__main__":
-    if {"--help", "-h"} & set(sys.argv[1:]):
-        print_help([arg for arg in sys.argv[1:] if arg not in ("--help", "-h")])
+def check_overrides(overrides: list[str]) -> None:
+    """An unknown key, group option or unparsable override: one line naming it and how to fix it (Hydra's own
+    message takes six), before anything starts."""
+    conf = Path(__file__).parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        try:
+            compose("config", overrides=overrides)
+        except (ConfigCompositionException, MissingConfigException, OverrideParseException) as error:
+            known = [key for key, _ in _leaves(OmegaConf.to_container(compose("config"), resolve=False))]
+            options = {group.name: sorted(path.stem for path in group.glob("*.yaml"))
+                       for group in conf.iterdir() if group.is_dir()}
+            sys.exit(override_error_line(str(error), known, options))
+
+
+def _leaves(node, path: str = ""):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{path}.{key}" if path else str(key))
     else:
+        yield path, node
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    if {"--help", "-h"} & set(arguments):
+        print_help([arg for arg in arguments if arg not in ("--help", "-h")])
+    else:
+        if not arguments or not arguments[0].startswith("-"):  # plain overrides (not a sweep or Hydra flags)
+            check_overrides(arguments)
         main()

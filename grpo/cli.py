@@ -143,3 +143,22 @@ def help_sources(conf_dir: Path, config_name: str, choices: dict[str, str | None
         sources += [(path, group) for path in sorted((conf_dir / group).glob("*.yaml"))
                     if (path, group) not in sources]
     return sources
+
+
+def override_error_line(message: str, known: list[str], options: dict[str, list[str]]) -> str:
+    """One line for Hydra's multi-line refusal of a command line: an unknown key (with the nearest ``known``
+    keys), an unknown group option (with the group's ``options``), or an override it cannot parse."""
+    import difflib
+
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    first = lines[0] if lines else message
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        near = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        return (f"config error: {key} is not a config key{hint}; python train.py --help lists every key, and "
+                f"+{key}=... adds a new one")
+    if "Could not find '" in first:
+        group, _, name = first.split("Could not find '")[1].rstrip("'").rpartition("/")
+        return f"config error: {group}={name} is not an option of {group}; options: {', '.join(options.get(group, []))}"
+    return f"config error: {first} (override syntax: https://hydra.cc/docs/advanced/override_grammar/basic)"

@@ -41,3 +41,14 @@ def test_the_resume_command_keeps_the_overrides_and_names_the_run():
                              "checkpoints/run7/last.pt")
     assert command == ("python train.py experiment=smoke env.num_services=2 run_name=run7 "
                        "resume=checkpoints/run7/last.pt")
+
+
+@pytest.mark.parametrize("override, line", [
+    ("grpo.groupsize=4", "config error: grpo.groupsize is not a config key (did you mean grpo.group_size"),
+    ("policy=mpl", "config error: policy=mpl is not an option of policy; options: cnn, entity, mlp"),
+])
+def test_an_unknown_key_or_option_is_one_line(override, line):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), override], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().startswith(line), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
