@@ -100,7 +100,7 @@ def main() -> None:
         while training_seconds < 60 * args.minutes and trainer.iteration < config.grpo.iterations:
             if training_seconds >= next_eval:
                 record(training_seconds)
-                next_eval += args.eval_every_s
+                next_eval = training_seconds + args.eval_every_s  # not a burst of catch-up evaluations
             start = time.perf_counter()
             trainer.train_iteration()
             training_seconds += time.perf_counter() - start
