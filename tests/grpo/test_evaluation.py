@@ -316,3 +316,27 @@ def test_evaluate_rebuilds_a_policy_through_its_backends_action_mapping(tmp_path
                             report=EvalReportConfig(baselines=("random",)))
     evaluation = evaluate_checkpoint(config)
     assert [route["steps"] for route in evaluation.results["policy"].routes] == [10, 10]
+
+
+def test_a_carla_built_checkpoint_rebuilds_and_drives_on_the_simulator(tmp_path):
+    """No CARLA server here: a checkpoint as the trainer writes it for env=carla (its stored env is CARLA's,
+    the policy acts in driving controls on the shared observation) loads, rebuilds through the driving mapping
+    and is driven on the built-in simulator with env=sim (evaluate.py's replace_env)."""
+    import torch as torch_
+
+    from grpo.checkpoint import load_checkpoint
+
+    path = _trained_checkpoint(tmp_path, STRAIGHT)
+    state = load_checkpoint(path)
+    state["config"]["env"] = env_config_from_dict({"backend": "carla", "worlds_per_service": 1}).to_flat_dict()
+    carla_path = save_checkpoint(state, tmp_path / "carla_last.pt")
+    config = EvaluateConfig(checkpoint=str(carla_path), eval=EvalConfig(num_routes=2, max_steps=10),
+                            report=EvalReportConfig(baselines=("expert",)),
+                            env_overrides={"backend": "sim", **STRAIGHT}, replace_env=True)
+    evaluation = evaluate_checkpoint(config)
+    assert evaluation.env.backend == "sim" and evaluation.train_config["env"]["backend"] == "carla"
+    assert [route["steps"] for route in evaluation.results["policy"].routes] == [10, 10]
+    rebuilt = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,), action_repeat=1))
+    rebuilt.load_state_dict(state["policy"])
+    assert rebuilt.actions.kind == "driving" and torch_.equal(rebuilt.actions.to_env(torch_.full((1, 2), 0.5)),
+                                                               torch_.tensor([[0.0, 0.0, 0.0]]))
