@@ -292,12 +292,14 @@ class Trainer:
     # --- evaluation, metrics, pictures --------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
+        """Periodic evaluation on the held-out routes (env=gym: evaluation episodes); best.pt follows its driving
+        score (env=gym: its mean return)."""
         self.policy.eval()
         in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
         result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         self.last_evaluation = result  # per-route records, for reports and benchmarks
-        score = result.metrics["eval/driving_score"]
+        # best.pt follows the driving score; a gymnasium env (env=gym) has no route, so its episode return
+        score = result.metrics["eval/driving_score" if self.policy.actions.kind == "driving" else "eval/return"]
         if score > self.best_score:
             self.best_score = score
             save_checkpoint(self.state_dict(), self.checkpoints.best)
