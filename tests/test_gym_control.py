@@ -68,8 +68,9 @@ def test_gym_control_trains_evaluates_and_keeps_the_best_return(tmp_path, env_id
                       "logger.tensorboard=false", f"checkpoint.dir={tmp_path}", f"logger.log_dir={tmp_path / 'runs'}")
     trainer = Trainer(config)
     metrics = trainer.train()
-    assert metrics["eval/return"] < 0 and trainer.best_score == max(trainer.best_score, metrics["eval/return"])
-    assert trainer.best_score > -1e9 and (tmp_path / "t" / "best.pt").exists() and (tmp_path / "t" / "last.pt").exists()
+    # best.pt follows the mean return (negative on both envs), not the driving score (always 0 here)
+    assert metrics["eval/return"] <= trainer.best_score < 0
+    assert (tmp_path / "t" / "best.pt").exists() and (tmp_path / "t" / "last.pt").exists()
 
 
 @pytest.mark.slow  # two interpreters start: about 10 s (the in-process test is in tests/grpo/test_evaluation.py)
