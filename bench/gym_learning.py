@@ -6,7 +6,8 @@
 Trains with ``experiment=gym_control`` (plus any overrides) and, every ``--eval-every-s`` seconds of training,
 drives the policy's mode through ``--episodes`` (32) whole evaluation episodes (``env.split=eval``: episode
 seeds never used in training, 200 steps each on Pendulum-v1) with the trainer's own evaluation. Evaluation
-time is not counted as training time. Training stops at the time budget or at ``grpo.iterations``.
+time is not counted as training time. Training stops at the time budget or at ``grpo.iterations``. Torch runs
+on the preset's ``num_threads`` (1), recorded in the JSON.
 
 The figure it reports is the **mean of the last three evaluations**, never the best: each episode's return is
 averaged over the three, and the 95% interval is over episodes (1.96 x std / sqrt(episodes)). On Pendulum-v1 the
@@ -46,14 +47,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=32, help="evaluation episodes (held-out seeds)")
     parser.add_argument("--experiment", default="gym_control", help="the conf/experiment preset to start from")
     parser.add_argument("--name", default="pendulum")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0 = torch's default). A 64-wide MLP gains nothing from more, and on a "
-                             "shared machine extra threads wait on each other: on this 2-core box under load an "
-                             "iteration took 6 s with torch's 2 threads and 0.8 s with 1")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. grpo.group_size=16")
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

@@ -73,6 +73,8 @@ class Trainer:
         self.config = config
         grpo = config.grpo
         seed_everything(config.seed, config.deterministic)
+        if config.num_threads is not None:  # small policies on a CPU: extra threads only wait on each other
+            torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.backend = build_backend(config.env, num_worlds=config.env.capacity(grpo.num_trunks * grpo.group_size))
         self.policy = build_policy(self.backend.observation_size, config.policy,

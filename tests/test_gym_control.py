@@ -7,9 +7,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from envs.typed_config import ConfigError
 from grpo.config import train_config_from_dict
 
 ROOT = Path(__file__).parents[1]
@@ -54,8 +56,14 @@ def test_gym_control_is_a_continuous_control_preset():
     assert config.env.backend_config.id == "Pendulum-v1" and config.env.backend_config.max_episode_steps == 200
     assert config.policy.action_repeat == 1 and config.grpo.beta == 0.0 and config.pretrain.updates == 0
     assert config.eval.every > 0  # evaluation episodes report eval/return; best.pt follows it
+    assert config.num_threads == 1 and composed().num_threads is None  # the driving default keeps torch's own
     other = composed("experiment=gym_control", "env.id=MountainCarContinuous-v0")
     assert other.env.backend_config.max_episode_steps == 999
+
+
+def test_num_threads_must_be_positive():
+    with pytest.raises(ConfigError, match="num_threads must be >= 1"):
+        composed("num_threads=0")
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "MountainCarContinuous-v0"])
@@ -66,8 +74,13 @@ def test_gym_control_trains_evaluates_and_keeps_the_best_return(tmp_path, env_id
                       "grpo.group_size=2", "grpo.num_minibatches=1", "eval.every=1", "eval.num_routes=2",
                       "eval.max_steps=20", "logger.wandb.mode=disabled", "logger.progress_bar=false",
                       "logger.tensorboard=false", f"checkpoint.dir={tmp_path}", f"logger.log_dir={tmp_path / 'runs'}")
-    trainer = Trainer(config)
-    metrics = trainer.train()
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(config)
+        assert torch.get_num_threads() == 1  # the preset's num_threads
+        metrics = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     # best.pt follows the mean return (negative on both envs), not the driving score (always 0 here)
     assert metrics["eval/return"] <= trainer.best_score < 0
     assert (tmp_path / "t" / "best.pt").exists() and (tmp_path / "t" / "last.pt").exists()
