@@ -22,7 +22,7 @@ nvidia_smi=${NVIDIA_SMI:-nvidia-smi}
 dry=${TORCH_DRY_RUN:-}
 
 report() {
-    "$python" -c 'import torch; cuda = torch.version.cuda; print(f"torch {torch.__version__}: the " + (f"CUDA {cuda} build" if cuda else "CPU build") + f" ({torch.__file__})")'
+    "$python" -W ignore -c 'import torch; cuda = torch.version.cuda; print(f"torch {torch.__version__}: the " + (f"CUDA {cuda} build" if cuda else "CPU build") + f" ({torch.__file__})")'
 }
 
 if [ -z "$dry" ] && "$python" -c "import torch" 2>/dev/null; then
