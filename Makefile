@@ -1,43 +1,60 @@
-# Set-up and everyday commands. `make test` and `make train` each create .venv when it is missing.
+# Set-up and everyday commands. `make train` and `make test` each create .venv when it is missing.
 #
-# torch: TORCH_SPEC is installed before the project, so the project's `torch>=2.3` range is already
-# satisfied and pip pulls nothing more. On a machine whose pip finds a CPU wheel of this version
-# (find-links, or TORCH_INDEX=https://download.pytorch.org/whl/cpu) that CPU build is taken; elsewhere
-# PyPI's default Linux build, which includes CUDA. A GPU user can also pick any build, e.g.
+#   make train    the project and what training needs (no test tools, no ray, no carla), then python train.py
+#   make test     the same plus the test extra (pytest, ruff, the HTTP service, ray, and carla where a wheel exists)
+#   make venv EXTRAS=bench,carla     any extras of pyproject.toml on top
+#
+# torch: scripts/install_torch.sh installs TORCH_SPEC before the project, so the project's `torch>=2.3` range is
+# already satisfied and pip pulls nothing more. On Linux without an NVIDIA GPU it takes the CPU build (a local
+# CPU wheel when pip has one, else the CPU wheel index TORCH_CPU_INDEX); with a GPU, PyPI's CUDA build. It prints
+# which build it installed. Any build can be asked for:
 #   make venv TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRAS ?=
 BIN := $(VENV)/bin
 
 .PHONY: venv test lint train serve bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || \
-		$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	TORCH_CPU_INDEX="$(TORCH_CPU_INDEX)" sh scripts/install_torch.sh $(BIN)/python "$(TORCH_SPEC)" "$(TORCH_INDEX)"
+	touch $@
+
+# what training needs: the main dependencies only
+$(BIN)/.installed: pyproject.toml $(BIN)/.torch
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# what the test suite needs on top (pyproject.toml's test extra)
+$(BIN)/.installed-test: pyproject.toml $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
 venv: $(BIN)/.installed
+ifneq ($(EXTRAS),)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+endif
 
-test: venv
+test: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-lint: venv
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 
-train: venv
+train: $(BIN)/.installed
 	$(BIN)/python train.py $(ARGS)
 
-serve: venv
+serve: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e ".[serve]"
 	$(BIN)/python serve.py $(ARGS)
 
-bench: venv
+bench: $(BIN)/.installed
 	$(BIN)/python bench/sim_throughput.py $(ARGS)
 
 clean:

@@ -1,6 +1,7 @@
 """Any gymnasium environment with a Box action space as a backend: ``env=gym env.id=<registered id>``.
 
-    python train.py env=gym env.id=Pendulum-v1 grpo.branch_horizon=20
+    python train.py experiment=gym_control                                   # Pendulum-v1
+    python train.py experiment=gym_control env.id=MountainCarContinuous-v0
 
 :class:`GymBackend` holds ``num_worlds`` copies of the environment, each made by ``gymnasium.make``, and
 meets the :mod:`envs.api` contract, so the GRPO rollout branches them like the built-in simulator:

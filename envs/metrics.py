@@ -5,7 +5,9 @@ Per route: **driving score** = route completion (%) x **infraction penalty**, th
 per infraction (pedestrian collision 0.50, vehicle 0.60, static 0.65, red light 0.70, stop sign 0.80; a
 stop sign never happens in the built-in simulator). **Success**: the route completed (100 %) with no
 infraction of any kind. **Infractions per km**: a count over the kilometres of route driven (the sum of
-route progress, as the leaderboard counts them), for the whole suite.
+route progress, as the leaderboard counts them), for the whole suite; not available (NaN, shown "n/a") when
+the suite drove less than MIN_KM_FOR_RATES, where a single event would read as an absurd rate (one blocked
+stop after 1.6 mm of route is 611,950 per km).
 
 **Leaderboard 2.0's variable penalties**, where a backend measures what they need (the CARLA backend's per-step
 ``outside_route_lanes_m`` and ``traffic_speed``; the built-in simulator reports neither, so its scores are
@@ -33,6 +35,10 @@ cost no factor: they end the route, and the lost route completion is their price
 MIN_SPEED_CHECKPOINTS = 4  # leaderboard 2.0's MinSpeedRouteTest splits a route into this many parts
 MIN_SPEED_PENALTY = 0.7  # its coefficient: a checkpoint at p % of the traffic's speed costs 1 - 0.3 (1 - p/100)
 MIN_SPEED_LAST_PCT = 95.0  # the last (partial) checkpoint counts when the route was driven this far
+
+MIN_KM_FOR_RATES = 0.1
+"""Kilometres of route a suite must drive for its per-km rates to be reported (below: NaN, "not available").
+At 100 m one event reads as 10 per km, the order of a poor driver's rate; below it a rate is noise."""
 
 COMPLETE_PCT = 100.0 - 1e-3
 """Route completion (%) that counts as complete (float progress can stop a hair short of 100)."""
@@ -65,10 +71,13 @@ def success(route_completion: torch.Tensor | float, counts: Mapping[str, torch.T
     return (completion >= COMPLETE_PCT) & clean
 
 
-def per_km(count: torch.Tensor | float, metres: torch.Tensor | float) -> float:
-    """Total ``count`` over total ``metres`` / 1000 (0 when nothing was driven)."""
+def per_km(count: torch.Tensor | float, metres: torch.Tensor | float, min_km: float = MIN_KM_FOR_RATES) -> float:
+    """Total ``count`` over total ``metres`` / 1000; NaN (not available) when fewer than ``min_km`` kilometres
+    were driven, so a suite that barely moved reports no rate rather than an exploding one."""
     kilometres = float(_tensor(metres).sum()) / 1000.0
-    return float(_tensor(count).sum()) / kilometres if kilometres > 0 else 0.0
+    if kilometres < min_km or kilometres <= 0:
+        return float("nan")
+    return float(_tensor(count).sum()) / kilometres
 
 
 @dataclass
@@ -199,7 +208,7 @@ class EpisodeAccumulator:
 def summarise(records: Sequence[EpisodeRecord], infractions: Sequence[str] = INFRACTIONS) -> dict[str, float]:
     """Suite metrics (flat names): the mean over routes of driving score, route completion, infraction
     penalty and success; each infraction per km of route driven (``<name>_per_km``) and all of them
-    (``infractions_per_km``); ``km_driven`` and ``num_routes``."""
+    (``infractions_per_km``), NaN below MIN_KM_FOR_RATES; ``km_driven`` and ``num_routes``."""
     if not records:
         return {"num_routes": 0.0}
 

@@ -6,18 +6,21 @@ from collections.abc import Callable
 
 import torch
 
-from grpo.distributions import raw_to_control
+from grpo.distributions import DRIVING_ACTIONS, ActionMapping
 
 Controller = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RandomDriver:
-    """Uniformly random actions in the policy's own action space (acceleration, steer), mapped to controls:
-    what an untrained, maximally uncertain policy does."""
+    """Uniformly random actions in the policy's own action space (acceleration and steer, or the box of an
+    ``env=gym`` env), mapped to the backend's actions: what an untrained, maximally uncertain policy does."""
+
+    def __init__(self, actions: ActionMapping = DRIVING_ACTIONS):
+        self.actions = actions
 
     def act(self, obs: torch.Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None):
-        raw = torch.rand(len(obs), 2, generator=generator, device=obs.device)
-        return raw, raw_to_control(raw), torch.zeros(len(obs), device=obs.device)
+        raw = torch.rand(len(obs), self.actions.raw_dim, generator=generator, device=obs.device)
+        return raw, self.actions.to_env(raw), torch.zeros(len(obs), device=obs.device)
 
 
 class ControllerDriver:
@@ -31,11 +34,14 @@ class ControllerDriver:
         return control, control, torch.zeros(len(obs), device=obs.device)
 
 
-def build_baseline(name: str):
-    """``random`` or ``expert`` (the simulator's rule-based driver over the privileged observation)."""
+def build_baseline(name: str, actions: ActionMapping = DRIVING_ACTIONS):
+    """``random`` or ``expert`` (the simulator's rule-based driver over the privileged observation), acting
+    through ``actions``. ValueError for the expert on a non-driving backend (it knows only driving)."""
     if name == "random":
-        return RandomDriver()
+        return RandomDriver(actions)
     if name == "expert":
+        if actions.kind != "driving":
+            raise ValueError("the expert drives only driving backends (env=sim, carla, http), not a gymnasium env")
         from envs.driving import expert
 
         return ControllerDriver(getattr(expert, "ExpertDriver", None)() if hasattr(expert, "ExpertDriver")

@@ -158,6 +158,9 @@ class TrainConfig:
     run_name: str = "run"  # names the checkpoint and log folders
     resume: str | None = None  # null, "auto" (this run's last.pt, else the newest run's) or a checkpoint path
     deterministic: bool = False  # torch deterministic algorithms; a resumed run then logs the same metrics
+    num_threads: int | None = None  # torch CPU threads; None = torch's default (one per core). Small policies
+    # gain nothing from more than 1, and on a shared CPU extra threads wait on each other (experiment=gym_control
+    # on the 2-core CI box: 30 iterations in 77 s with 2 threads, 8 s with 1)
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -166,10 +169,15 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
+    def __post_init__(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 (torch CPU threads) or null for torch's default, "
+                             f"got {self.num_threads}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, resolved form (stored in checkpoints and logged); ``train_config_from_dict`` reads it."""
         out = {f: to_dict(getattr(self, f)) for f in ("seed", "device", "run_name", "resume", "deterministic",
-                                                       "policy", "grpo", "pretrain", "logger", "eval",
+                                                       "num_threads", "policy", "grpo", "pretrain", "logger", "eval",
                                                        "checkpoint")}
         out["env"] = self.env.to_flat_dict()
         return out

@@ -18,7 +18,8 @@ every infraction of ``envs.api.INFRACTIONS``.
 
 Aggregated (``EvalResult.metrics``, flat names under ``eval/``): ``envs.metrics.summarise`` (mean driving
 score, route completion, infraction penalty, success rate; every infraction per km of route driven, all of
-them as ``infractions_per_km``; ``km_driven``; ``num_routes``) plus the mean speed, jerk and return over
+them as ``infractions_per_km``, NaN when the suite drove less than envs.metrics.MIN_KM_FOR_RATES;
+``km_driven``; ``num_routes``) plus the mean speed, jerk and return over
 routes, and ``<name>_ci95``: the half-width of a 95% confidence interval over routes, for the means by the
 normal approximation ``1.96 * sample std / sqrt(n)`` (a little too narrow with fewer than ~30 routes), for
 the per-km rates by the ratio estimator's delta-method variance.
@@ -38,10 +39,11 @@ import torch
 
 from envs.api import INFRACTIONS, Backend, BackendError
 from envs.factory import EnvConfig, ServiceConfig, build_backend, env_config_from_dict
-from envs.metrics import EpisodeAccumulator, EpisodeRecord, summarise
+from envs.metrics import MIN_KM_FOR_RATES, EpisodeAccumulator, EpisodeRecord, summarise
 from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.checkpoint import CheckpointError, load_checkpoint
 from grpo.config import EvalConfig
+from grpo.distributions import action_mapping_for
 from grpo.policy import HeldActions, PolicyConfig, build_policy
 from grpo.progress import Progress
 
@@ -107,13 +109,16 @@ def ci95(values: torch.Tensor | Sequence[float]) -> float:
     return Z_95 * values.std(unbiased=True).item() / math.sqrt(len(values))
 
 
-def ratio_ci95(numerators: torch.Tensor, denominators: torch.Tensor) -> float:
+def ratio_ci95(numerators: torch.Tensor, denominators: torch.Tensor, min_total: float = 0.0) -> float:
     """Half-width of the 95% interval of sum(numerators) / sum(denominators) over routes (e.g. infractions
     per km), by the ratio estimator's delta-method variance  sum((y_i - R x_i)^2) / ((n - 1) n xbar^2).
-    0 when n < 2 or nothing was driven (as envs.metrics.per_km)."""
+    NaN when the denominators sum below ``min_total`` or to 0 (the rate itself is not available, as in
+    envs.metrics.per_km); 0 when n < 2."""
     y, x = torch.as_tensor(numerators, dtype=torch.float64), torch.as_tensor(denominators, dtype=torch.float64)
     n = len(x)
-    if n < 2 or x.sum() <= 0:
+    if x.sum() <= 0 or x.sum() < min_total:
+        return float("nan")
+    if n < 2:
         return 0.0
     ratio = y.sum() / x.sum()
     variance = ((y - ratio * x) ** 2).sum() / ((n - 1) * n * x.mean() ** 2)
@@ -224,14 +229,14 @@ def aggregate(routes: list[dict[str, Any]]) -> dict[str, float]:
 
     for name in ("mean_speed", "jerk", "return"):
         metrics[f"eval/{name}"] = column(name).mean().item()
-    for name in ("driving_score", "route_completion", "success", "mean_speed", "jerk", "return"):
+    for name in ("driving_score", "route_completion", "infraction_penalty", "success", "mean_speed", "jerk", "return"):
         metrics[f"eval/{'success_rate' if name == 'success' else name}_ci95"] = ci95(column(name))
     kilometres = column("route_progress_m") / 1000.0
     total = torch.zeros(len(routes), dtype=torch.float64)
     for name in INFRACTIONS:
         total += column(name)
-        metrics[f"eval/{name}_per_km_ci95"] = ratio_ci95(column(name), kilometres)
-    metrics["eval/infractions_per_km_ci95"] = ratio_ci95(total, kilometres)
+        metrics[f"eval/{name}_per_km_ci95"] = ratio_ci95(column(name), kilometres, MIN_KM_FOR_RATES)
+    metrics["eval/infractions_per_km_ci95"] = ratio_ci95(total, kilometres, MIN_KM_FOR_RATES)
     return metrics
 
 
@@ -491,10 +496,15 @@ class Evaluation:
         details = [f"{key}={getattr(backend_config, key)}" for key in ("map", "num_towns", "max_episode_steps")
                    if hasattr(backend_config, key)]
         last_seed = suite.seed + suite.num_routes - 1
+        driven = "policy " + ("mode" if suite.deterministic else "sampled")
+        if self.env.backend == "gym":  # episodes of a gymnasium env: no routes, no towns
+            routes = f"{suite.num_routes} evaluation episodes (episode seeds {suite.seed}..{last_seed}), {driven}"
+            env = f"gym {backend_config.id}, evaluation seeds ({', '.join(details)})"
+        else:
+            routes = f"{suite.num_routes} held-out routes (episode seeds {suite.seed}..{last_seed}), {driven}"
+            env = f"{self.env.backend}, evaluation towns ({', '.join(details)})"
         return {"checkpoint": self.checkpoint, "iteration": self.iteration, "run_name": self.run_name,
-                "routes": f"{suite.num_routes} held-out routes (episode seeds {suite.seed}..{last_seed}), policy "
-                          + ("mode" if suite.deterministic else "sampled"),
-                "env": f"{self.env.backend}, evaluation towns ({', '.join(details)})",
+                "routes": routes, "env": env,
                 "suite": {k: v for k, v in to_dict(suite).items() if k != "every"},
                 "env_config": self.env.to_flat_dict()}
 
@@ -517,19 +527,25 @@ def evaluate_checkpoint(config: EvaluateConfig) -> Evaluation:
     except ConfigError as error:
         raise CheckpointError(f"{config.checkpoint}: its policy config does not fit this version ({error})") from error
     backend = build_eval_backend(env_config, config.eval)
+    notices = _missing_env_keys(stored["env"], config)
     try:
-        policy = _policy_from_state(state, policy_config, backend.observation_size, config.checkpoint)
+        actions = action_mapping_for(backend)
+        policy = _policy_from_state(state, policy_config, backend, config.checkpoint)
         policy = policy.to(config.device).eval()
         report = config.report
         results = {"policy": evaluate_policy(policy, env_config, config.eval, config.device, backend,
                                              num_gifs=report.num_gifs, num_maps=report.num_maps)}
         for name in report.baselines:
-            results[name] = evaluate_policy(build_baseline(name), env_config, config.eval, config.device, backend,
-                                            num_maps=report.num_maps)
+            if name == "expert" and actions.kind != "driving":  # env=gym: there is no expert to compare with
+                notices.append(f"note: no expert baseline on {env_config.backend} (the expert drives only driving "
+                               "backends)")
+                continue
+            results[name] = evaluate_policy(build_baseline(name, actions), env_config, config.eval, config.device,
+                                            backend, num_maps=report.num_maps)
     finally:
         backend.close()
     return Evaluation(results, config.checkpoint, int(state.get("iteration", 0)), str(stored.get("run_name", "")),
-                      env_config, config.eval, stored, _missing_env_keys(stored["env"], config))
+                      env_config, config.eval, stored, notices)
 
 
 def _missing_env_keys(checkpoint_env: dict[str, Any], config: EvaluateConfig) -> list[str]:
@@ -546,13 +562,15 @@ def _missing_env_keys(checkpoint_env: dict[str, Any], config: EvaluateConfig) ->
             "evaluation world may differ from the training one (set them with env.<key>=...)"]
 
 
-def _policy_from_state(state: dict[str, Any], policy_config: PolicyConfig, observation_size: int, path: str):
-    size = state.get("observation_size")
+def _policy_from_state(state: dict[str, Any], policy_config: PolicyConfig, backend: Backend, path: str):
+    """The checkpoint's policy, rebuilt as the trainer built it: for ``backend``'s observation size and through
+    its action mapping (driving controls, or the Box bounds of an ``env=gym`` env), then its weights loaded."""
+    size, observation_size = state.get("observation_size"), backend.observation_size
     if size != observation_size:
         raise CheckpointError(f"{path} was trained on observations of size {size}, but this environment gives "
                               f"{observation_size}; evaluate it on the environment it was trained on")
     try:
-        policy = build_policy(int(size), policy_config)
+        policy = build_policy(int(size), policy_config, action_mapping_for(backend))
         policy.load_state_dict(state["policy"])
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: the policy weights do not fit its policy config "

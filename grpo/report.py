@@ -47,14 +47,17 @@ def _with_ci(metrics: dict[str, float], name: str, scale: float = 1.0, digits: i
 
 
 def summary_table(results: dict[str, EvalResult]) -> str:
-    """One row per driver: driving score, route completion, success rate (each ± the 95% CI over routes),
-    infractions per km (all kinds), mean speed, jerk and return (the sum of the backend's rewards)."""
-    lines = ["| driver | driving score | route completion (%) | success rate (%) | infractions / km | "
-             "mean speed (m/s) | jerk (m/s³) | return |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per driver: driving score, route completion and infraction penalty (the score is their product
+    per route), success rate (each ± the 95% CI over routes), infractions per km (all kinds; "n/a" when the
+    suite drove too little for a rate, envs.metrics.MIN_KM_FOR_RATES), mean speed, jerk and return (the sum of
+    the backend's rewards)."""
+    lines = ["| driver | driving score | route completion (%) | infraction penalty | success rate (%) | "
+             "infractions / km | mean speed (m/s) | jerk (m/s³) | return |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for driver, result in results.items():
         m = result.metrics
         lines.append(f"| {driver} | {_with_ci(m, 'driving_score')} | {_with_ci(m, 'route_completion')} | "
+                     f"{_with_ci(m, 'infraction_penalty', digits=2)} | "
                      f"{_with_ci(m, 'success_rate', 100.0)} | {_fmt(m.get('eval/infractions_per_km'), 2)} | "
                      f"{_with_ci(m, 'mean_speed', digits=2)} | {_with_ci(m, 'jerk', digits=2)} | "
                      f"{_with_ci(m, 'return')} |")

@@ -114,6 +114,8 @@ class Trainer:
         self.config = config
         grpo = config.grpo
         seed_everything(config.seed, config.deterministic)
+        if config.num_threads is not None:  # small policies on a CPU: extra threads only wait on each other
+            torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.backend = build_backend(config.env, num_worlds=config.env.capacity(grpo.num_trunks * grpo.group_size))
         self.policy = build_policy(self.backend.observation_size, config.policy,
@@ -351,12 +353,14 @@ class Trainer:
     # --- evaluation, metrics, pictures --------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Periodic evaluation on the held-out routes; best.pt follows its driving score."""
+        """Periodic evaluation on the held-out routes (env=gym: evaluation episodes); best.pt follows its driving
+        score (env=gym: its mean return)."""
         self.policy.eval()
         in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
         result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         self.last_evaluation = result  # per-route records, for reports and benchmarks
-        score = result.metrics["eval/driving_score"]
+        # best.pt follows the driving score; a gymnasium env (env=gym) has no route, so its episode return
+        score = result.metrics["eval/driving_score" if self.policy.actions.kind == "driving" else "eval/return"]
         if score > self.best_score:
             self.best_score = score
             save_checkpoint(self.state_dict(), self.checkpoints.best)

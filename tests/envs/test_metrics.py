@@ -1,5 +1,7 @@
 """Leaderboard arithmetic on hand-computed cases, and the per-episode accumulator."""
 
+import math
+
 import pytest
 import torch
 
@@ -39,7 +41,13 @@ def test_batched_penalty_and_success():
 
 def test_per_km():
     assert per_km(3, [500.0, 1000.0]) == pytest.approx(2.0)  # 3 infractions over 1.5 km
-    assert per_km(0, [0.0]) == 0.0  # nothing driven: no rate
+    assert math.isnan(per_km(0, [0.0]))  # nothing driven: no rate
+    # Issue 17: a stop after 1.6 mm of route read as 611,950 blocked per km. Below MIN_KM_FOR_RATES (100 m)
+    # a rate is not available; at the floor one event is 10 per km.
+    assert math.isnan(per_km(1, [0.0016]))
+    assert math.isnan(per_km(1, [40.0, 59.0]))  # 99 m
+    assert per_km(1, [40.0, 60.0]) == pytest.approx(10.0)
+    assert per_km(1, [0.5], min_km=0.0) == pytest.approx(2000.0)  # the floor can be lowered on purpose
 
 
 def info(completion, progress, route_completed=False, **events):

@@ -105,7 +105,9 @@ def test_confidence_intervals_over_routes():
     assert ratio_ci95(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])) == pytest.approx(ci95([1.0, 0.0]))
     # 3 events over 2 km + 0 over 1 km: R = 1 /km; residuals 3 - 2 = 1 and 0 - 1 = -1; variance 2 / (1 x 2 x 1.5^2)
     assert ratio_ci95(torch.tensor([3.0, 0.0]), torch.tensor([2.0, 1.0])) == pytest.approx(1.959964 * math.sqrt(4 / 9))
-    assert ratio_ci95(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])) == 0.0  # nothing driven: 0, as per_km
+    # nothing driven, or less than the floor: no rate, so no interval either (as envs.metrics.per_km)
+    assert math.isnan(ratio_ci95(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])))
+    assert math.isnan(ratio_ci95(torch.tensor([1.0, 0.0]), torch.tensor([0.03, 0.05]), min_total=0.1))
 
 
 def test_jerk_differences_the_speed_twice_over_live_steps():
@@ -135,6 +137,19 @@ def test_aggregate_infractions_per_km_and_success():
     assert metrics["eval/infractions_per_km"] == 0.25 and metrics["eval/km_driven"] == 4.0
     assert metrics["eval/mean_speed"] == 7.0 and metrics["eval/jerk"] == 2.0  # means over routes
     assert metrics["eval/return"] == 7.0
+    assert metrics["eval/infraction_penalty"] == 0.8 and metrics["eval/infraction_penalty_ci95"] > 0
+
+
+def test_per_km_rates_of_a_suite_that_barely_moved_are_not_available():
+    """Issue 17: one blocked route after 1.6 mm of route driven read as 611,950 blocked per km."""
+    common = {"route_completion": 0.0, "outcome": "blocked", "steps": 600, "driving_score": 0.0, "success": False,
+              "infraction_penalty": 1.0, "mean_speed": 0.0, "jerk": 0.0, "return": -5.0, "distance_m": 0.0}
+    routes = [{**common, "route_progress_m": 0.0016, **dict.fromkeys(INFRACTIONS, 0), "blocked": 1},
+              {**common, "route_progress_m": 0.0, **dict.fromkeys(INFRACTIONS, 0), "blocked": 1}]
+    metrics = aggregate(routes)
+    assert math.isnan(metrics["eval/blocked_per_km"]) and math.isnan(metrics["eval/infractions_per_km"])
+    assert math.isnan(metrics["eval/blocked_per_km_ci95"])
+    assert metrics["eval/km_driven"] == pytest.approx(1.6e-6)
 
 
 def test_env_overrides_apply_on_top_of_the_checkpoints_env():
@@ -245,3 +260,83 @@ def test_a_checkpoint_from_before_held_actions_is_driven_every_step(tmp_path, mo
     save_checkpoint(state, path)
     evaluate_checkpoint(config)
     assert repeats == [(1, 1), (5, 1)]
+
+
+def _trained_checkpoint(tmp_path, env: dict, policy: dict | None = None):
+    """last.pt of a real two-iteration run of the trainer on ``env`` (what train.py writes)."""
+    from grpo.config import train_config_from_dict
+    from grpo.trainer import Trainer
+
+    config = train_config_from_dict({
+        "run_name": "t", "env": env, "policy": {"hidden_sizes": [16], "action_repeat": 1, **(policy or {})},
+        "grpo": {"iterations": 2, "num_trunks": 2, "group_size": 2, "branch_horizon": 5, "num_minibatches": 1,
+                 "beta": 0.0, "reference": "none"},
+        "pretrain": {"updates": 0}, "eval": {"every": 0},
+        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 2},
+        "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
+                   "picture_every": 0, "progress_bar": False}})
+    Trainer(config).train()
+    return tmp_path / "ckpt" / "t" / "last.pt"
+
+
+def test_evaluate_a_checkpoint_trained_on_a_gymnasium_env(tmp_path):
+    """Issue 17: a checkpoint of env=gym did not load ("the policy weights do not fit its policy config"): its
+    policy acts in Pendulum's [-2, 2] box (one action), and the rebuild used the driving mapping (two)."""
+    from grpo.report import summary_table, write_report
+
+    path = _trained_checkpoint(tmp_path, {"backend": "gym", "id": "Pendulum-v1"})
+    config = EvaluateConfig(checkpoint=str(path), eval=EvalConfig(num_routes=3, seed=5, max_steps=30))
+    evaluation = evaluate_checkpoint(config)
+    assert list(evaluation.results) == ["policy", "random"]  # no expert outside driving, and a notice says so
+    assert any("no expert baseline" in notice for notice in evaluation.notices)
+    for result in evaluation.results.values():
+        assert [route["steps"] for route in result.routes] == [30, 30, 30]
+        assert all(-16.3 * 30 <= route["return"] < 0 for route in result.routes)  # Pendulum: -16.27 per step at worst
+    assert evaluation.results["policy"].metrics["eval/return"] != evaluation.results["random"].metrics["eval/return"]
+    assert evaluation.context()["routes"].startswith("3 evaluation episodes (episode seeds 5..7)")
+    summary = write_report(evaluation.results, tmp_path / "report", context=evaluation.context())
+    assert "| random |" in summary_table(evaluation.results) and summary.exists()
+
+
+def test_evaluate_rebuilds_a_policy_through_its_backends_action_mapping(tmp_path):
+    """A sim checkpoint (driving controls) and a gym checkpoint with a 1-d box: each loads, and the rebuilt
+    policy maps its raw actions as the trainer's did."""
+    from envs.gym_backend import GymBackend, GymConfig
+    from grpo.checkpoint import load_checkpoint
+    from grpo.evaluation import _policy_from_state
+
+    gym_path = _trained_checkpoint(tmp_path / "gym", {"backend": "gym", "id": "Pendulum-v1"})
+    backend = GymBackend(GymConfig(num_worlds=1))
+    state = load_checkpoint(gym_path)
+    policy = _policy_from_state(state, PolicyConfig(hidden_sizes=(16,), action_repeat=1), backend, str(gym_path))
+    assert policy.actions.kind == "box" and policy.actions.low == (-2.0,) and policy.actions.high == (2.0,)
+    backend.close()
+    sim_path = _trained_checkpoint(tmp_path / "sim", STRAIGHT)
+    config = EvaluateConfig(checkpoint=str(sim_path), eval=EvalConfig(num_routes=2, max_steps=10),
+                            report=EvalReportConfig(baselines=("random",)))
+    evaluation = evaluate_checkpoint(config)
+    assert [route["steps"] for route in evaluation.results["policy"].routes] == [10, 10]
+
+
+def test_a_carla_built_checkpoint_rebuilds_and_drives_on_the_simulator(tmp_path):
+    """No CARLA server here: a checkpoint as the trainer writes it for env=carla (its stored env is CARLA's,
+    the policy acts in driving controls on the shared observation) loads, rebuilds through the driving mapping
+    and is driven on the built-in simulator with env=sim (evaluate.py's replace_env)."""
+    import torch as torch_
+
+    from grpo.checkpoint import load_checkpoint
+
+    path = _trained_checkpoint(tmp_path, STRAIGHT)
+    state = load_checkpoint(path)
+    state["config"]["env"] = env_config_from_dict({"backend": "carla", "worlds_per_service": 1}).to_flat_dict()
+    carla_path = save_checkpoint(state, tmp_path / "carla_last.pt")
+    config = EvaluateConfig(checkpoint=str(carla_path), eval=EvalConfig(num_routes=2, max_steps=10),
+                            report=EvalReportConfig(baselines=("expert",)),
+                            env_overrides={"backend": "sim", **STRAIGHT}, replace_env=True)
+    evaluation = evaluate_checkpoint(config)
+    assert evaluation.env.backend == "sim" and evaluation.train_config["env"]["backend"] == "carla"
+    assert [route["steps"] for route in evaluation.results["policy"].routes] == [10, 10]
+    rebuilt = build_policy(OBSERVATION_LAYOUT.size, PolicyConfig(hidden_sizes=(16,), action_repeat=1))
+    rebuilt.load_state_dict(state["policy"])
+    assert rebuilt.actions.kind == "driving" and torch_.equal(rebuilt.actions.to_env(torch_.full((1, 2), 0.5)),
+                                                               torch_.tensor([[0.0, 0.0, 0.0]]))

@@ -66,20 +66,23 @@ def test_report_files_exist_and_parse(tmp_path, results):
 
 def test_summary_table_has_a_row_per_driver_with_intervals(results):
     lines = summary_table(results).splitlines()
-    assert lines[0].startswith("| driver | driving score | route completion (%) | success rate (%) |")
+    assert lines[0].startswith("| driver | driving score | route completion (%) | infraction penalty | "
+                               "success rate (%) |")
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["policy", "expert", "random"]
-    # policy: scores 48 and 100 -> 74 ± 1.96 x std(48, 100) / sqrt(2) = 74 ± 50.96
-    assert "| policy | 74.0 ± 51.0 | 90.0 ± 19.6 | 50.0 ± 98.0 |" in lines[2]
+    # policy: scores 48 and 100 -> 74 ± 1.96 x std(48, 100) / sqrt(2) = 74 ± 50.96; infraction penalties 0.6
+    # (a vehicle collision) and 1 -> 0.8 ± 1.96 x 0.2828 / sqrt(2) = 0.8 ± 0.39
+    assert "| policy | 74.0 ± 51.0 | 90.0 ± 19.6 | 0.80 ± 0.39 | 50.0 ± 98.0 |" in lines[2]
     assert "| 0.00 |" in lines[3]  # the expert: no infractions per km
-    # random: one off-road in 3 m driven
-    assert "333.33 (1)" in infraction_table(results).splitlines()[-1]
+    # random: one off-road in 3 m driven is no rate (below envs.metrics.MIN_KM_FOR_RATES), the count stays
+    assert "| n/a |" in lines[4]
+    assert "n/a (1)" in infraction_table(results).splitlines()[-1]
 
 
 def test_nothing_driven_gives_finite_json(tmp_path):
     standing = {"random": result([route(1, 0.0, 0.0, 0.0, "blocked", blocked=1)])}
     summary = write_report(standing, tmp_path)
     metrics = json.loads((summary.parent / "summary.json").read_text())["drivers"]["random"]
-    assert metrics["eval/blocked_per_km"] == 0.0  # envs.metrics.per_km: 0 when no route was driven
+    assert metrics["eval/blocked_per_km"] is None  # envs.metrics.per_km: not available when nothing was driven
     assert "NaN" not in (summary.parent / "summary.json").read_text()
 
 

@@ -1,6 +1,7 @@
 """The trainer end to end: the smoke run through train.py, learning, exact resume, and failure handling."""
 
 import glob
+import math
 import os
 import signal
 import subprocess
@@ -114,7 +115,9 @@ def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(tmp_path, mon
     assert {step for _, step in uninterrupted} == {1, 2, 3, 4}
     assert ("eval/driving_score", 4) in uninterrupted
     assert uninterrupted.keys() == resumed.keys()
-    different = {key for key in uninterrupted if uninterrupted[key] != resumed[key]}
+    # NaN equals NaN here: per-km rates are not available on the short suite (envs.metrics.MIN_KM_FOR_RATES)
+    different = {key for key in uninterrupted if uninterrupted[key] != resumed[key]
+                 and not (math.isnan(uninterrupted[key]) and math.isnan(resumed[key]))}
     assert not different, sorted(different)[:5]
 
 
