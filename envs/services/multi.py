@@ -90,6 +90,11 @@ def _takes_timeout(bound_method) -> bool:
         return False
 
 
+STARTUP_REPORT_S = 5.0
+"""Starting the services prints a progress line per service once it has taken this long (CARLA servers, Ray
+actors on a busy cluster); a quick start stays silent."""
+
+
 class MultiServiceBackend:
     """The backend contract over several services (processes or Ray actors)."""
 
@@ -120,8 +125,14 @@ class MultiServiceBackend:
         self.services: list = []
         atexit.register(self.close)
         try:
+            started = time.monotonic()
             for index, count in enumerate(worlds_per_service):
                 self.services.append(factory(index, count))
+                elapsed = time.monotonic() - started
+                if elapsed > STARTUP_REPORT_S and index + 1 < len(worlds_per_service):  # a slow start says so
+                    left = elapsed / (index + 1) * (len(worlds_per_service) - index - 1)
+                    print(f"services: {index + 1}/{len(worlds_per_service)} started, {elapsed:.0f}s, ETA {left:.0f}s",
+                          flush=True)
         except BaseException:
             self.close()
             raise
