@@ -156,16 +156,10 @@ class ExpertDriver:
         pedestrian horizon, the lateral offset from the centre line then and now (+ left; / LATERAL_SCALE_M),
         velocity along and across the path; valid. Values are clipped to [-4, 4]."""
         cfg, layout, vehicle = self.config, self.layout, self.vehicle
-        num_worlds, slices = obs.shape[0], layout.slices
+        num_worlds = obs.shape[0]
         path, segment, _, seg_length, cumulative = self._path(obs)
-        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
-        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        vehicles, walkers, along, lateral, tangent = self._project_actors(obs, path, segment, seg_length, cumulative)
         horizons = (0.0, *cfg.prediction_s)
-        points = [vehicles[..., 0:2] * layout.distance_scale + vehicles[..., 4:6] * layout.speed_scale * h
-                  for h in horizons]
-        walker_position = walkers[..., 0:2] * layout.distance_scale
-        points += [walker_position, walker_position + walkers[..., 2:4] * layout.speed_scale * cfg.pedestrian_horizon_s]
-        along, lateral, tangent = _project(torch.cat(points, 1), path, segment, seg_length, cumulative)
         along = along.clamp(-4 * layout.distance_scale, 4 * layout.distance_scale)
         k, kp = layout.num_vehicles, layout.num_pedestrians
         split = len(horizons) * k
@@ -219,23 +213,27 @@ class ExpertDriver:
         cumulative = torch.cat([torch.zeros_like(raw_length[:, :1]), raw_length.cumsum(1)], 1)
         return path, segment, raw_length, raw_length.clamp(min=1e-3), cumulative
 
+    def _project_actors(self, obs, path, segment, seg_length, cumulative):
+        """The vehicle [B, K, 9] and pedestrian [B, Kp, 5] slots, and every point the rules look at projected onto
+        the path in one batched call: vehicles now and at each prediction time, then pedestrians now and at the
+        end of their horizon ([B, H * K + 2 * Kp] arc lengths, lateral offsets, and tangents)."""
+        cfg, layout, num_worlds = self.config, self.layout, obs.shape[0]
+        vehicles = obs[:, layout.slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
+        walkers = obs[:, layout.slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        points = [vehicles[..., 0:2] * layout.distance_scale + vehicles[..., 4:6] * layout.speed_scale * h
+                  for h in (0.0, *cfg.prediction_s)]
+        walker_position = walkers[..., 0:2] * layout.distance_scale
+        points += [walker_position, walker_position + walkers[..., 2:4] * layout.speed_scale * cfg.pedestrian_horizon_s]
+        return vehicles, walkers, *_project(torch.cat(points, 1), path, segment, seg_length, cumulative)
+
     def _obstacle(self, obs, speed, path, segment, seg_length, cumulative):
         """Gap [B] to the nearest vehicle or pedestrian in the corridor along the path (``FAR`` when none), its
         speed along the path, the standstill gap the expert keeps to it, and whether it is a pedestrian. Every
         point the rules look at (vehicles now and at each prediction time, pedestrians now and at the end of
         their horizon) is projected onto the path in one batched call."""
         cfg, layout = self.config, self.layout
-        num_worlds, slices = obs.shape[0], layout.slices
-        vehicles = obs[:, slices["vehicles"]].view(num_worlds, layout.num_vehicles, -1)
-        walkers = obs[:, slices["pedestrians"]].view(num_worlds, layout.num_pedestrians, -1)
+        vehicles, walkers, along, lateral, tangent = self._project_actors(obs, path, segment, seg_length, cumulative)
         horizons = (0.0, *cfg.prediction_s)
-        vehicle_points = [vehicles[..., 0:2] * layout.distance_scale + vehicles[..., 4:6] * layout.speed_scale * h
-                          for h in horizons]
-        walker_position = walkers[..., 0:2] * layout.distance_scale
-        walker_points = [walker_position,
-                         walker_position + walkers[..., 2:4] * layout.speed_scale * cfg.pedestrian_horizon_s]
-        along, lateral, tangent = _project(torch.cat(vehicle_points + walker_points, 1), path, segment, seg_length,
-                                           cumulative)
         split = len(horizons) * layout.num_vehicles
         gap = torch.full_like(speed, FAR)
         lead_speed = torch.zeros_like(speed)
