@@ -19,8 +19,11 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 def make_n(target: str, tmp_path: Path, *variables: str) -> str:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    done = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}", *variables], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    # Run as a top-level make even when the suite itself runs under `make test` (CI): an inherited MAKELEVEL
+    # makes make print "Entering directory" lines, and inherited MAKEFLAGS carry the outer make's options.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    done = subprocess.run(["make", "-n", "--no-print-directory", target, f"VENV={tmp_path / 'venv'}", *variables],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
