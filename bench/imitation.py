@@ -15,22 +15,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import platform
 import time
-from pathlib import Path
 
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from common import RESULTS, machine, train_config
 
 from envs.api import INFRACTIONS
 from grpo.baselines import build_baseline
-from grpo.config import train_config_from_dict
 from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def summary(name: str, result) -> dict:
@@ -57,21 +49,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=mlp pretrain.dagger_rounds=8")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"run_name=imitation-{args.name}", "logger.wandb.mode=disabled", "logger.tensorboard=false",
-            "logger.progress_bar=false", *args.overrides, f"eval.num_routes={args.routes}", "eval.seed=0",
-            "eval.deterministic=true", "eval.max_steps=null"])
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    config = train_config_from_dict(data)
+    config = train_config(args.overrides, before=[
+        f"run_name=imitation-{args.name}", "logger.wandb.mode=disabled", "logger.tensorboard=false",
+        "logger.progress_bar=false"], after=[
+        f"eval.num_routes={args.routes}", "eval.seed=0", "eval.deterministic=true", "eval.max_steps=null"])
     if config.pretrain.updates == 0:
         parser.error("pretrain.updates is 0: there is no clone to measure")
 
-    result = {"machine": {"platform": platform.platform(), "processor": platform.machine(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__, "device": config.device,
-                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "config": config.to_dict(), "routes": args.routes, "references": {},
+    result = {"machine": machine(config.device), "config": config.to_dict(), "routes": args.routes, "references": {},
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if not args.no_references:
         for name in ("expert", "random"):

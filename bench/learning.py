@@ -23,23 +23,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from common import RESULTS, machine, train_config
 
 from envs.api import INFRACTIONS
 from grpo.baselines import build_baseline
 from grpo.checkpoint import save_checkpoint
-from grpo.config import train_config_from_dict
 from grpo.evaluation import ci95, evaluate_policy
 from grpo.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
@@ -52,16 +46,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. grpo.group_size=16")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"run_name=learning-{args.name}", "logger.wandb.mode=disabled", "logger.progress_bar=false",
-            "eval.every=0", "checkpoint.every=1000000", *args.overrides,
-            # the held-out suite: the trainer's own evaluation (which keeps best.pt) runs on it
-            f"eval.num_routes={args.routes}", "eval.seed=0", "eval.deterministic=true", "eval.max_steps=null",
-            "eval.device=null"])
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    config = train_config_from_dict(data)
+    config = train_config(args.overrides, before=[
+        f"run_name=learning-{args.name}", "logger.wandb.mode=disabled", "logger.progress_bar=false", "eval.every=0",
+        "checkpoint.every=1000000"], after=[
+        # the held-out suite: the trainer's own evaluation (which keeps best.pt) runs on it
+        f"eval.num_routes={args.routes}", "eval.seed=0", "eval.deterministic=true", "eval.max_steps=null",
+        "eval.device=null"])
     suite = config.eval
 
     references = {}
@@ -117,11 +107,9 @@ def main() -> None:
              "per_km": {name: last.metrics[f"eval/{name}_per_km"] for name in INFRACTIONS},
              "route_completion": last.metrics["eval/route_completion"],
              "infraction_penalty": last.metrics["eval/infraction_penalty"]}
-    result = {"machine": {"platform": platform.platform(), "processor": platform.machine(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__, "device": config.device,
-                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "config": config.to_dict(), "budget_minutes": args.minutes, "routes": args.routes,
-              "final": final, "curve": curve, "references": references, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {"machine": machine(config.device), "config": config.to_dict(), "budget_minutes": args.minutes,
+              "routes": args.routes, "final": final, "curve": curve, "references": references,
+              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"learning_{args.name}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -347,14 +347,17 @@ def _project(points: torch.Tensor, path: torch.Tensor, segment: torch.Tensor, se
                         torch.stack([-uy, ux, uy * sx - ux * sy], -1)], 1).flatten(1, 2)  # metres to the left
     homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [B, K, 3]
     along_line, across = torch.bmm(rows, homogeneous.transpose(1, 2)).split(num_segments, 1)  # [B, S, K] each
-    lowest = torch.zeros_like(seg_length)
-    lowest[:, 0] = -FAR  # the first segment extends backwards
-    t = torch.minimum(torch.maximum(along_line, lowest[..., None]), seg_length[..., None])  # along each segment
-    beyond = along_line - t
-    repeated = torch.where(seg_length > 0.01, 0.0, FAR)[..., None]  # repeated end points are not segments
-    distance, nearest = (torch.addcmul(beyond * beyond, across, across) + repeated).min(1, keepdim=True)
-    along = cumulative[:, :-1, None].expand_as(t).gather(1, nearest) + t.gather(1, nearest)
-    along = torch.where(distance < FAR, along, FAR).squeeze(1)  # no real segment left
+    # The squared distance to each segment, in place on [B, S, K] (the passes over it are the cost): ``t`` clamps
+    # the metres along to the segment (the first one extends backwards), and the clamp removed the rest.
+    t = torch.minimum(along_line, seg_length[..., None])
+    t[:, 1:].clamp_(min=0.0)
+    t[:, :1].clamp_(min=-FAR)
+    distance = along_line - t
+    distance.mul_(distance).addcmul_(across, across)
+    distance.add_(torch.where(seg_length > 0.01, 0.0, FAR)[..., None])  # repeated end points are not segments
+    distance, nearest = distance.min(1, keepdim=True)
+    along = cumulative[:, :-1].gather(1, nearest.squeeze(1)) + t.gather(1, nearest).squeeze(1)
+    along = torch.where(distance.squeeze(1) < FAR, along, FAR)  # no real segment left
     lateral = across.gather(1, nearest).squeeze(1)
     nearest = nearest.squeeze(1)
     return along, lateral, torch.stack([ux.gather(1, nearest), uy.gather(1, nearest)], -1)
