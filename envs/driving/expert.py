@@ -346,7 +346,7 @@ def _project(points: torch.Tensor, path: torch.Tensor, segment: torch.Tensor, se
     rows = torch.stack([torch.stack([ux, uy, -(ux * sx + uy * sy)], -1),  # metres along, from the start
                         torch.stack([-uy, ux, uy * sx - ux * sy], -1)], 1).flatten(1, 2)  # metres to the left
     homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [B, K, 3]
-    along_line, across = torch.bmm(rows, homogeneous.transpose(1, 2)).split(num_segments, 1)  # [B, S, K] each
+    along_line, across = (rows @ homogeneous.mT).split(num_segments, 1)  # [B, S, K] each
     # The squared distance to each segment, in place on [B, S, K] (the passes over it are the cost): ``t`` clamps
     # the metres along to the segment (the first one extends backwards), and the clamp removed the rest.
     t = torch.minimum(along_line, seg_length[..., None])
