@@ -20,9 +20,12 @@ import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from envs.seeding import mix
 
 ACTION_SIZE = 3
 """throttle, brake, steer."""
@@ -319,13 +322,20 @@ class Backend(Protocol):
         ...
 
 
-def derive_episode_seeds(seed: int, world_ids: Sequence[int]) -> list[int]:
-    """Per-world episode seeds from one int seed, independent of which service or server hosts a world."""
-    out = []
-    for world in world_ids:
-        digest = hashlib.blake2b(f"{seed}:{int(world)}".encode(), digest_size=4).digest()
-        out.append(int.from_bytes(digest, "little"))
-    return out
+def derive_episode_seeds(seed: int | Sequence[int], world_ids: Sequence[int] | torch.Tensor) -> list[int]:
+    """One episode seed per world of ``world_ids``, from the ``seed`` argument of :meth:`Backend.reset`: an int
+    derives them from (seed, world id) with :func:`envs.seeding.mix` (both 32-bit words of a wider int count), the
+    same whichever backend, service or server hosts a world; a sequence gives one episode seed per world and must
+    match ``world_ids`` in length (BackendError otherwise). Every backend and service normalises ``seed`` here."""
+    ids = torch.as_tensor(world_ids, dtype=torch.long).reshape(-1).cpu()
+    if isinstance(seed, Integral):
+        seed = int(seed)
+        return mix(seed & 0xFFFFFFFF, seed >> 32, ids).tolist()
+    seeds = [int(s) for s in seed]
+    if len(seeds) != len(ids):
+        raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per world or a "
+                           "single int")
+    return seeds
 
 
 def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | str = "cpu") -> torch.Tensor:

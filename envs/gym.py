@@ -28,7 +28,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.api import ACTION_HIGH, ACTION_LOW, ACTION_SIZE, Backend, BackendError, StepResult
+from envs.api import ACTION_HIGH, ACTION_LOW, ACTION_SIZE, Backend, BackendError, StepResult, derive_episode_seeds
 
 ENV_ID = "GRPODrive-v0"
 MAX_EPISODE_SEED = int(np.iinfo(np.int64).max)  # episode seeds are non-negative int64 (torch.long)
@@ -136,8 +136,9 @@ class DrivingVectorEnv(VectorEnv):
     Autoreset is gymnasium's next-step mode: a world that terminates or truncates on step t is reset on
     step t + 1, which returns its reset observation with reward 0 and both done flags False (its action is
     ignored, its info entries are 0/False). Episode ``k`` of world ``w`` after ``reset(seed=s)`` has the
-    episode seed ``derive_seed(derive_seed(s, w), k)``, so autoresets are as reproducible as the first
-    reset (``episode_seeds`` holds each world's current one).
+    episode seed ``derive(derive(s, w), k)``, where ``derive(seed, i)`` is
+    ``envs.api.derive_episode_seeds(seed, [i])[0]``, so autoresets are as reproducible as the first reset
+    (``episode_seeds`` holds each world's current one).
     ``reset(options={"reset_mask": mask})`` resets only the worlds where the bool mask [num_envs] is True.
     Numpy in and out (float32 observations, actions and rewards; bool flags); ``info`` maps each name to a
     numpy array over worlds. ``close`` closes the backend.
@@ -176,7 +177,7 @@ class DrivingVectorEnv(VectorEnv):
         super().reset(seed=seed if isinstance(seed, int) else None)
         mask = self._reset_mask(options)
         if isinstance(seed, int):
-            self.base_seeds[mask] = [derive_seed(seed, w) for w in np.flatnonzero(mask)]
+            self.base_seeds[mask] = derive_episode_seeds(seed, np.flatnonzero(mask))
             self.episode_counts[mask] = 0
         elif seed is not None:
             if len(seed) != self.num_envs:
@@ -185,8 +186,7 @@ class DrivingVectorEnv(VectorEnv):
                 self.base_seeds[w] = seed[w] if seed[w] is not None else self._draw_seed()
             self.episode_counts[mask] = 0
         elif options is None or "reset_mask" not in options or not self._has_reset:
-            base = self._draw_seed()
-            self.base_seeds[mask] = [derive_seed(base, w) for w in np.flatnonzero(mask)]
+            self.base_seeds[mask] = derive_episode_seeds(self._draw_seed(), np.flatnonzero(mask))
             self.episode_counts[mask] = 0
         else:
             self.episode_counts[mask] += 1
@@ -247,15 +247,9 @@ class DrivingVectorEnv(VectorEnv):
 
     def _start_episodes(self, ids: np.ndarray) -> torch.Tensor:
         """Reset worlds ``ids`` into their current episode (from base seed and episode count)."""
-        seeds = [derive_seed(int(self.base_seeds[w]), int(self.episode_counts[w])) for w in ids]
+        seeds = [derive_episode_seeds(int(self.base_seeds[w]), [int(self.episode_counts[w])])[0] for w in ids]
         self.episode_seeds[ids] = seeds
         return self.backend.reset(seeds, world_ids=ids.tolist())
-
-
-def derive_seed(*parts: int) -> int:
-    """A non-negative int64 seed from non-negative integers (numpy's SeedSequence: well mixed, stable)."""
-    words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
-    return int(((int(words[0]) << 32) | int(words[1])) & MAX_EPISODE_SEED)
 
 
 def _numpy_observation(observation: torch.Tensor) -> np.ndarray:

@@ -20,9 +20,12 @@ import torch
 from torch import Tensor
 
 from envs.api import Backend, BackendError, ServiceFailure, Snapshot
-from envs.sim import rng
+from envs.seeding import mix
 from grpo.config import GRPOConfig
 from grpo.policy import CNNPolicy, EntityPolicy, HeldActions, MLPPolicy, decision_steps
+
+TRUNK_SEED_STREAM = 0x7A1
+"""Mixed with the run's seed and the episode's index into a trunk episode's seed (envs.seeding.mix)."""
 
 
 @dataclass
@@ -100,7 +103,7 @@ class BranchingRollout:
         """Fresh, reproducible episode seeds for ``count`` new trunk episodes (training seed range)."""
         index = torch.arange(self.episodes_started, self.episodes_started + count)
         self.episodes_started += count
-        return rng.mix(self.seed, index, 0x7A1).tolist()
+        return mix(self.seed, index, TRUNK_SEED_STREAM).tolist()
 
     def _new_episodes(self, count: int) -> Snapshot:
         parts = []

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from envs.factory import build_backend
-from envs.sim import rng
+from envs.seeding import mix
 from envs.typed_config import ConfigError
 from grpo.advantages import group_advantages
 from grpo.checkpoint import (
@@ -46,6 +46,9 @@ from grpo.pretrain import warm_start
 from grpo.progress import Interrupted
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
+
+PRETRAIN_SEED_STREAM = 0xB0C
+"""Mixed with the run's seed and an index into the warm start's episode seeds (envs.seeding.mix)."""
 
 
 class TrainingError(RuntimeError):
@@ -204,7 +207,7 @@ class Trainer:
             return {}
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.config.seed + 3)
-        seeds = rng.mix(self.config.seed, torch.arange(1_000_000), 0xB0C).tolist()
+        seeds = mix(self.config.seed, torch.arange(1_000_000), PRETRAIN_SEED_STREAM).tolist()
         metrics = warm_start(self.policy, self.backend, config, seeds, generator,
                              report=lambda line: print(line, flush=True), should_stop=lambda: self.stop_requested)
         if self.reference is not None:

@@ -329,9 +329,7 @@ class WorldServer:
     def reset_worlds(self, seed: int | list[int], world_ids: list[int] | None) -> dict[str, Any]:
         with self.lock:
             ids = list(range(self.backend.num_worlds)) if world_ids is None else world_ids
-            seeds = derive_episode_seeds(seed, ids) if isinstance(seed, int) else seed
-            if len(seeds) != len(ids):
-                raise BackendError(f"{len(seeds)} seeds for {len(ids)} worlds: give one per world, or one int")
+            seeds = derive_episode_seeds(seed, ids)
             observations = self.backend.reset(seeds, ids)
             if 0 in ids:
                 self.status = {"episode_seed": seeds[ids.index(0)], "steps": 0, "return": 0.0, "terminated": False,

@@ -296,11 +296,7 @@ class MultiServiceBackend:
     @_serialised
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds)
-        seeds = derive_episode_seeds(seed, ids.tolist()) if isinstance(seed, int) else [int(s) for s in seed]
-        if len(seeds) != len(ids):
-            raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per world "
-                               "or a single int")
-        seed_tensor = torch.tensor(seeds, dtype=torch.long)
+        seed_tensor = torch.tensor(derive_episode_seeds(seed, ids), dtype=torch.long)
         out = self._gather("reset", ids, lambda pos, local: (seed_tensor[pos].tolist(), local.tolist()), retry=True)
         self._lost[ids] = False
         return out

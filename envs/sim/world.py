@@ -30,6 +30,7 @@ from envs.api import (
     WorldIds,
     as_world_ids,
     check_actions,
+    derive_episode_seeds,
 )
 from envs.driving.expert import ExpertDriver
 from envs.driving.lights import RED
@@ -162,14 +163,9 @@ class DrivingSim:
         return self.bank.towns[int(self.state.town_slot[world_id])]
 
     def episode_seeds(self, seed: int | Sequence[int], ids: torch.Tensor) -> torch.Tensor:
-        """Per-world episode seeds: derived from (seed, world id), or given one per world."""
-        if isinstance(seed, int):
-            return rng.mix(seed & 0xFFFFFFFF, seed >> 32, ids.cpu())
-        seeds = torch.as_tensor(list(seed), dtype=torch.long)
-        if len(seeds) != len(ids):
-            raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per "
-                               "world or a single int")
-        return seeds
+        """Per-world episode seeds (long, on the CPU): derived from (seed, world id), or given one per world
+        (:func:`envs.api.derive_episode_seeds`)."""
+        return torch.tensor(derive_episode_seeds(seed, ids), dtype=torch.long)
 
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds, self.device)

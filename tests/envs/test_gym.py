@@ -9,10 +9,14 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-from envs.api import OBSERVATION_LAYOUT, BackendError
-from envs.gym import ENV_ID, DrivingEnv, DrivingVectorEnv, derive_seed, register_envs
+from envs.api import OBSERVATION_LAYOUT, BackendError, derive_episode_seeds
+from envs.gym import ENV_ID, DrivingEnv, DrivingVectorEnv, register_envs
 
 STRAIGHT = {"map": "straight", "num_towns": 2}
+
+
+def derive_seed(seed: int, index: int) -> int:
+    return derive_episode_seeds(seed, [index])[0]
 
 
 class ForeignBackend:
