@@ -12,10 +12,16 @@ Conventions shared by every backend:
 * Observation: a fixed-size float32 vector per world whose layout is :data:`OBSERVATION_LAYOUT`.
 * Worlds that have terminated or been truncated stay frozen: stepping them again gives reward 0 and the
   same done flags until they are reset or restored. A branch that ends therefore stops earning reward.
+
+Beyond the core calls a backend says what it is and what more it offers in its ``spec``, a :class:`BackendSpec`
+(time step, episode limit, action box, and which optional capabilities it has: bird's-eye rasters, pictures for
+people, a switch to evaluation routes, in-place evaluation). The optional calls and their defaults live in
+:class:`BackendBase`; callers read ``backend.spec`` before using one, never the backend's attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Sequence
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from envs.seeding import mix
@@ -280,14 +287,126 @@ def _unframe(data: bytes) -> bytes:
 
 WorldIds = Sequence[int] | torch.Tensor | None
 
+RESTARTS_METRIC = "services/restarts"
+"""The metric every backend's ``metrics()`` reports: simulator instances (service processes, Ray actors, HTTP
+servers, CARLA servers) restarted after a failure so far; 0 for a backend where nothing restarts."""
+
+
+class NotOffered(BackendError):
+    """An optional capability was called on a backend whose ``spec`` does not offer it; the message names it."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend is and which optional capabilities it offers; every backend exposes one as ``spec``.
+
+    The capabilities are calls of :class:`BackendBase` (which raises :class:`NotOffered` for those a backend does
+    not override): a caller checks the flag first, so no one probes a backend's attributes. Plain values only, so
+    a spec travels to a service's parent as :meth:`to_dict`."""
+
+    kind: str  # the backend kind, as in env.backend and the snapshots it takes: "sim", "carla", "gym"
+    dt: float | None = None  # simulated seconds per step; None: the backend does not say (env=gym)
+    max_episode_steps: int | None = None  # the step at which an episode is truncated (timeout); None: no limit
+    action_low: tuple[float, ...] = ACTION_LOW  # the box actions lie in (values outside are clipped); for a
+    action_high: tuple[float, ...] = ACTION_HIGH  # driving backend, CARLA's control (throttle, brake, steer)
+    driving: bool = True  # observations follow OBSERVATION_LAYOUT, actions are CARLA's control, steps report the
+    # route infos of StepResult (the expert can drive it); False: any Box environment (env=gym)
+    rasters: bool = False  # observe_raster(world_ids): the bird's-eye raster observation, for CNN policies
+    pictures: bool = False  # positions, render_birdseye and route_map: ego positions and images for people
+    splits: bool = False  # set_split(split): later resets draw training or evaluation routes
+    evaluates_in_place: bool = False  # the trainer's periodic evaluation runs on this backend itself (switched to
+    # evaluation routes with set_split and back), not on one of its own: CARLA, whose servers take no second client
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action_low", tuple(float(v) for v in self.action_low))
+        object.__setattr__(self, "action_high", tuple(float(v) for v in self.action_high))
+        if len(self.action_low) != len(self.action_high) or not self.action_low:
+            raise ValueError(f"action_low and action_high must have one bound per action value, got "
+                             f"{self.action_low} and {self.action_high}")
+        if self.evaluates_in_place and not self.splits:
+            raise ValueError("a backend that evaluates in place must offer set_split (splits=True)")
+
+    @property
+    def action_size(self) -> int:
+        """Action values per world: 3 for CARLA's control, k for a k-dimensional Box."""
+        return len(self.action_low)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able values (tuples as lists), for a service's description."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> BackendSpec:
+        """The spec :meth:`to_dict` wrote; keys this version does not know are ignored (a newer service)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+@dataclass
+class MapView:
+    """The town around one route, for trajectory pictures (``route_map``): ``image`` uint8 [H, W, 3] north up
+    (row 0 is the largest y), covering ``extent`` = (x_min, x_max, y_min, y_max) in world metres (matplotlib's
+    imshow extent), the route's centre line ``route`` [N, 2] from start to goal, and the seed of the town."""
+
+    image: np.ndarray
+    extent: tuple[float, float, float, float]
+    route: np.ndarray
+    town_seed: int
+
+
+class BackendBase:
+    """The optional capabilities of the contract, with their defaults: every backend inherits this class, declares
+    in its ``spec`` what it offers, and overrides those calls. A call its spec does not offer raises NotOffered.
+    ``metrics`` is offered by every backend."""
+
+    spec: BackendSpec
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for the training log (the trainer asks every iteration): always :data:`RESTARTS_METRIC`, plus
+        whatever the backend measures (CARLA: restore errors and ``drift/*``)."""
+        return {RESTARTS_METRIC: 0.0}
+
+    def observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """``spec.rasters``: the bird's-eye raster observation of the given worlds, uint8 [N, C, S, S], ego-centred
+        and facing up (channels in envs.sim.raster)."""
+        raise self._not_offered("rasters", "observe_raster")
+
+    def set_split(self, split: str) -> str:
+        """``spec.splits``: later resets draw ``split``'s routes ("train" or "eval"); returns the previous split."""
+        raise self._not_offered("splits", "set_split")
+
+    def positions(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """``spec.pictures``: the egos' positions [N, 2] (x, y in world metres, float32, on the CPU)."""
+        raise self._not_offered("pictures", "positions")
+
+    def render_birdseye(self, world_id: int, *, size: int = 256, metres: float = 60.0,
+                        trajectories: Sequence[tuple[np.ndarray, tuple[int, ...]]] = ()) -> np.ndarray:
+        """``spec.pictures``: a bird's-eye RGB image uint8 [size, size, 3] of world ``world_id``, ``metres`` on a
+        side, centred on the ego, north up: the map, the route ahead, the road users, the lights and the ego, with
+        ``trajectories`` (world points [T, 2] and an RGB or RGBA colour each) drawn over the map."""
+        raise self._not_offered("pictures", "render_birdseye")
+
+    def route_map(self, world_id: int, margin_m: float = 25.0) -> MapView:
+        """``spec.pictures``: the map around world ``world_id``'s whole route (its bounding box plus
+        ``margin_m``), with the route's centre line."""
+        raise self._not_offered("pictures", "route_map")
+
+    def _not_offered(self, flag: str, call: str) -> NotOffered:
+        return NotOffered(f"{type(self).__name__} ({self.spec.kind}) does not offer {call} (its spec has "
+                          f"{flag}=False)")
+
+
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every backend offers. ``world_ids`` of ``None`` means all worlds."""
+    """What every backend offers. ``world_ids`` of ``None`` means all worlds. The optional capabilities
+    (``metrics``, and the calls ``spec`` declares) are those of :class:`BackendBase`, which every backend inherits."""
 
     num_worlds: int
     observation_size: int
     device: torch.device
+    spec: BackendSpec
 
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         """Start new episodes and return their observations [len(world_ids), obs_size].
@@ -319,6 +438,9 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+    def metrics(self) -> dict[str, float]:
         ...
 
 

@@ -50,7 +50,7 @@ def action_space() -> spaces.Box:
 
 
 def _render_fps(backend: Backend) -> int:
-    dt = getattr(getattr(backend, "config", None), "dt", None)
+    dt = backend.spec.dt
     return max(1, round(1.0 / dt)) if dt else 10
 
 

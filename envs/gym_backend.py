@@ -7,8 +7,9 @@
 meets the :mod:`envs.api` contract, so the GRPO rollout branches them like the built-in simulator:
 
 * **Observations** are the env's Box observation flattened to float32 (other observation spaces are refused).
-* **Actions** are ``[B, k]`` with k the size of the env's Box action space; ``action_bounds = (low, high)``
-  tells :func:`grpo.distributions.action_mapping_for` to map the policy's Beta samples onto that box.
+* **Actions** are ``[B, k]`` with k the size of the env's Box action space; the spec's bounds (``driving=False``,
+  ``action_low`` / ``action_high``) tell :func:`grpo.distributions.action_mapping_for` to map the policy's Beta
+  samples onto that box.
   Values outside the box are clipped; NaN, inf or a wrong shape raise :class:`~envs.api.BackendError`.
 * **Episode seeds**: ``reset([s, ...])`` calls ``env.reset(seed=s)``, so episode ``s`` here is the episode
   ``gymnasium.make(id).reset(seed=s)`` gives (``split="eval"`` mixes a constant into every seed, so
@@ -59,7 +60,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from envs.api import BackendError, Snapshot, StepResult, WorldIds, as_world_ids, check_actions, derive_episode_seeds
+from envs.api import (
+    BackendBase,
+    BackendError,
+    BackendSpec,
+    Snapshot,
+    StepResult,
+    WorldIds,
+    as_world_ids,
+    check_actions,
+    derive_episode_seeds,
+)
 
 BACKEND_NAME = "gym"
 
@@ -348,11 +359,13 @@ def _close_quietly(env) -> None:
 # --- the backend ----------------------------------------------------------------------------------------------
 
 
-class GymBackend:
+class GymBackend(BackendBase):
     """``config.num_worlds`` copies of a gymnasium environment behind the :mod:`envs.api` contract.
 
-    Attributes beyond the contract: ``action_bounds`` (low, high) of the Box action space (flattened),
-    ``action_size`` k, ``snapshot_mode`` ("state" or "deepcopy"), ``envs`` (the gymnasium envs), ``config``.
+    Its ``spec`` holds the Box action space's bounds (``driving=False``) and the episode limit; no time step
+    (gymnasium envs have no common attribute for it) and no optional capability. Attributes beyond the contract:
+    ``action_bounds`` (low, high) of the Box action space (flattened), ``action_size`` k, ``snapshot_mode``
+    ("state" or "deepcopy"), ``envs`` (the gymnasium envs), ``config``.
     """
 
     def __init__(self, config: GymConfig):
@@ -366,6 +379,8 @@ class GymBackend:
             self.observation_size = _observation_size(self.envs[0].observation_space, config.id)
             self.action_bounds = _action_bounds(self.envs[0].action_space, config.id)
             self.action_size = len(self.action_bounds[0])
+            self.spec = BackendSpec(BACKEND_NAME, max_episode_steps=config.max_episode_steps,
+                                    action_low=self.action_bounds[0], action_high=self.action_bounds[1], driving=False)
             self._action_space = self.envs[0].action_space
             self._low, self._high = (np.array(bound, dtype=np.float64) for bound in self.action_bounds)
             # Per-world bookkeeping; part of every snapshot.

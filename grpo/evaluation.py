@@ -188,13 +188,12 @@ def evaluate_policy(driver: Driver, env_config: EnvConfig, config: EvalConfig, d
     if own_backend:
         backend = build_eval_backend(env_config, config)
     # A backend that evaluates in place (CARLA: the trainer's own servers) draws eval routes while it runs here.
-    previous_split = backend.set_split("eval") if hasattr(backend, "set_split") else None
+    previous_split = backend.set_split("eval") if backend.spec.splits else None
     try:
         seeds = list(range(config.seed, config.seed + config.num_routes))
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        limit = getattr(getattr(backend, "config", None), "max_episode_steps", 10_000)
-        max_steps = config.max_steps or limit
-        dt = float(getattr(getattr(backend, "config", None), "dt", DEFAULT_DT))
+        max_steps = config.max_steps or backend.spec.max_episode_steps or 10_000
+        dt = backend.spec.dt or DEFAULT_DT
         progress = Progress("evaluation:", len(seeds), unit="routes finished")
         parts = [_drive_wave(driver, backend, seeds[start:start + backend.num_worlds], start, config.deterministic,
                              generator, device, max_steps, dt, num_gifs, num_maps, gif_every, progress)
@@ -271,9 +270,9 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
     speeds, lives = [], []
     act = _stepwise(driver)
     reads_raster = getattr(driver, "uses_raster", False)
-    if reads_raster and not callable(getattr(backend, "observe_raster", None)):
-        raise BackendError(f"the policy reads the bird's-eye raster, which {type(backend).__name__} does not render: "
-                           "evaluate it on env=sim with env.num_services=1")
+    if reads_raster and not backend.spec.rasters:
+        raise BackendError(f"the policy reads the bird's-eye raster, which {backend.spec.kind} does not render: "
+                           "evaluate it on env=sim")
     for step in range(1, max_steps + 1):
         raster = backend.observe_raster().to(device) if reads_raster else None
         _, control, _ = act(obs.to(device), step - 1, raster=raster, deterministic=deterministic, generator=generator)

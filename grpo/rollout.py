@@ -78,10 +78,9 @@ class BranchingRollout:
 
     def __init__(self, backend: Backend, policy: MLPPolicy | CNNPolicy | EntityPolicy, config: GRPOConfig, *,
                  seed: int, device: torch.device, generator: torch.Generator):
-        if policy.uses_raster and not callable(getattr(backend, "observe_raster", None)):
+        if policy.uses_raster and not backend.spec.rasters:
             raise BackendError(f"policy.kind={policy.config.kind} reads the bird's-eye raster, which this backend "
-                               f"({type(backend).__name__}) does not render: use env=sim with env.num_services=1, "
-                               "or policy=mlp")
+                               f"({backend.spec.kind}) does not render: use env=sim, or policy=mlp")
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
         self.capacity = backend.num_worlds

@@ -82,9 +82,7 @@ def check_machine(config: TrainConfig) -> None:
     """What the config cannot check alone, checked before any work: the devices exist on this machine, and the
     checkpoint and log folders can be written (a read-only folder otherwise fails after minutes of training)."""
     devices = {"device": config.device}
-    env_device = getattr(config.env.backend_config, "device", None)
-    if env_device is not None:
-        devices["env.device"] = env_device
+    devices["env.device"] = config.env.backend_config.device
     for key, name in devices.items():
         try:
             device = torch.device(name)
@@ -270,8 +268,7 @@ class Trainer:
         steps = (grpo.trunk_steps + grpo.branch_horizon * grpo.group_size) * grpo.num_trunks
         metrics["perf/env_steps_per_s"] = steps / max(timers["trunks"] + timers["branch"], 1e-9)
         metrics["perf/waves"] = float(self.rollout.num_waves)
-        metrics["services/restarts"] = float(getattr(self.backend, "restarts", 0))
-        metrics.update(self.backend.metrics() if hasattr(self.backend, "metrics") else {})  # CARLA: drift/*
+        metrics.update(self.backend.metrics())  # services/restarts; CARLA: restore errors and drift/*
         metrics["env_steps"] = float(self.rollout.env_steps)
         metrics.update({name: float(value) for name, value in self.counters.items()})
         if _due(self.iteration, self.config.logger.log_every):
@@ -359,7 +356,7 @@ class Trainer:
         """Periodic evaluation on the held-out routes (env=gym: evaluation episodes); best.pt follows its driving
         score (env=gym: its mean return)."""
         self.policy.eval()
-        in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
+        in_place = self.backend if self.backend.spec.evaluates_in_place else None  # CARLA's servers
         result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         self.last_evaluation = result  # per-route records, for reports and benchmarks
         # best.pt follows the driving score; a gymnasium env (env=gym) has no route, so its episode return

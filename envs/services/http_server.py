@@ -44,13 +44,16 @@ from typing import Annotated, Any, Literal
 
 import torch
 
-from envs.api import OBSERVATION_LAYOUT, BackendError, Snapshot, derive_episode_seeds
+from envs.api import OBSERVATION_LAYOUT, BackendError, NotOffered, Snapshot, derive_episode_seeds
 from envs.services.host import ServiceHost, result_to_wire
 from envs.services.http_client import LISTENING_LINE  # the first line printed; launchers read the URL from it
 from envs.services.wire import CONTENT_TYPE, WireError, decode, encode, snapshot_from_wire, snapshot_to_wire
 from envs.typed_config import ConfigError, from_dict
 
 SNAPSHOT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+SESSION_CALLS = ("ping", "reset", "observe", "clone", "metrics", "observe_raster", "set_split")
+"""Calls of a /v1 session run as the service host runs them (``envs.services.host``); the last three are the
+optional capabilities the session's spec (in its description) declares."""
 SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette", "pydantic")
 """What serving needs beyond the training install (the ``serve`` extra); imported only when a server starts."""
 
@@ -101,10 +104,6 @@ class UnknownSnapshot(BackendError):
 
 class UnknownSession(BackendError):
     """A session id the server does not hold (closed, evicted, or the server restarted)."""
-
-
-class NotOffered(BackendError):
-    """The served backend lacks a capability (rendering and vehicle lists need env=sim)."""
 
 
 class BodyLimit:
@@ -238,26 +237,18 @@ class WorldServer:
             raise BackendError("no episode yet: POST /reset first")
 
     def info(self) -> dict[str, Any]:
-        backend = self.backend
-        description = self.main.describe()
-        config = getattr(backend, "config", None)
-        return {"backend": self.backend_kind, **description,
-                "action_size": len(description["action_bounds"][0]) if description["action_bounds"] else 3,
-                "dt": getattr(config, "dt", getattr(config, "fixed_delta_seconds", None)),
-                "max_episode_steps": getattr(config, "max_episode_steps", None),
-                "renders": self._renders(), "seed": self.seed,
+        description, spec = self.main.describe(), self.backend.spec
+        return {"backend": self.backend_kind, **description, "action_size": spec.action_size, "dt": spec.dt,
+                "max_episode_steps": spec.max_episode_steps, "renders": self._renders(), "seed": self.seed,
                 "snapshot_store": {"max_snapshots": self.store.max_count, "max_bytes": self.store.max_bytes},
                 "sessions": {"open": len(self.sessions), "max": self.config.max_sessions}}
 
     def spec(self) -> dict[str, Any]:
-        description = self.main.describe()
-        bounds = description["action_bounds"]
-        if bounds is None:
-            action = {"names": ["throttle", "brake", "steer"], "low": [0.0, 0.0, -1.0], "high": [1.0, 1.0, 1.0]}
-        else:
-            action = {"names": [f"a{i}" for i in range(len(bounds[0]))], "low": bounds[0], "high": bounds[1]}
-        observation: dict[str, Any] = {"size": description["observation_size"]}
-        if description["observation_size"] == OBSERVATION_LAYOUT.size:
+        spec = self.backend.spec
+        names = ["throttle", "brake", "steer"] if spec.driving else [f"a{i}" for i in range(spec.action_size)]
+        action = {"names": names, "low": list(spec.action_low), "high": list(spec.action_high)}
+        observation: dict[str, Any] = {"size": self.backend.observation_size}
+        if self.backend.observation_size == OBSERVATION_LAYOUT.size:
             observation["slices"] = {k: [s.start, s.stop] for k, s in OBSERVATION_LAYOUT.slices.items()}
             observation["speed_scale"] = OBSERVATION_LAYOUT.speed_scale
             observation["distance_scale"] = OBSERVATION_LAYOUT.distance_scale
@@ -496,11 +487,11 @@ class WorldServer:
                     (actions,) = args
                     result = result_to_wire(host.backend.step(torch.as_tensor(actions, device=host.backend.device)))
                     self.counters["env_steps"] += host.backend.num_worlds
-                elif method in ("ping", "reset", "observe", "clone"):
+                elif method in SESSION_CALLS:
                     result = host.handle(method, *args)
                 else:
-                    raise BackendError(f"unknown call {method!r}: one of ping, reset, step, observe, snapshot, "
-                                       "restore, clone")
+                    raise BackendError(f"unknown call {method!r}: one of step, snapshot, restore, "
+                                       f"{', '.join(SESSION_CALLS)}")
             except BackendError:
                 raise
             except (TypeError, ValueError, IndexError, RuntimeError) as error:  # arguments the backend cannot take

@@ -24,7 +24,9 @@ from envs.api import (
     ACTION_LOW,
     INFRACTIONS,
     OBSERVATION_LAYOUT,
+    BackendBase,
     BackendError,
+    BackendSpec,
     Snapshot,
     StepResult,
     WorldIds,
@@ -119,13 +121,16 @@ def town_factory(config: SimConfig):
     raise ValueError(f"env.map must be 'procedural', 'straight' or 'junction', got {kind!r}")
 
 
-class DrivingSim:
-    """The built-in batched driving simulator. See the module docstring and envs.api for the contract."""
+class DrivingSim(BackendBase):
+    """The built-in batched driving simulator. See the module docstring and envs.api for the contract; beyond it,
+    the bird's-eye raster observation (``observe_raster``)."""
 
     backend_name = "sim"
 
     def __init__(self, config: SimConfig):
         self.config = config
+        self.spec = BackendSpec(self.backend_name, dt=config.dt, max_episode_steps=config.max_episode_steps,
+                                rasters=True)
         self.num_worlds = config.num_worlds
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

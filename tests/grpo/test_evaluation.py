@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, StepResult
+from envs.api import INFRACTIONS, OBSERVATION_LAYOUT, BackendBase, BackendSpec, StepResult
 from envs.driving.expert import route_follower
 from envs.factory import env_config_from_dict
 from envs.sim.render import ROAD_COLOR
@@ -33,9 +33,12 @@ STRAIGHT = {"map": "straight", "num_towns": 2, "town": {"num_routes": 8, "route_
             "traffic": {"num_vehicles": 0}, "pedestrians": {"num_pedestrians": 0}}
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """A backend without physics whose worlds replay scripted steps: (route completion %, events, how the step
-    ends). After its script a world stays frozen, as the contract says. Routes are 200 m long."""
+    ends). After its script a world stays frozen, as the contract says. Routes are 200 m long. Its spec gives no
+    time step (evaluation takes 0.1 s) and no episode limit."""
+
+    spec = BackendSpec("scripted")
 
     def __init__(self, scripts: list[list[tuple[float, tuple[str, ...], str]]]):
         self.scripts, self.num_worlds, self.observation_size = scripts, len(scripts), 4

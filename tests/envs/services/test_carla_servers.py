@@ -55,6 +55,10 @@ def test_two_carla_worlds_never_share_a_process(stand_in_root, tmp_path):  # noq
         assert torch.equal(observation[0], backend.observe([0])[0])
         metrics = backend.metrics()  # asks every service, and refreshes the server groups it would stop
         assert metrics["carla/server_restarts"] == 0.0 and backend._groups == {0: servers[0], 1: servers[1]}
+        assert metrics["services/restarts"] == 0.0
+        # the services' spec is forwarded: evaluation switches every service to eval routes and back, in place
+        assert backend.spec.evaluates_in_place and backend.spec.dt == 0.05
+        assert backend.set_split("eval") == "train" and backend.set_split("train") == "eval"
     finally:
         backend.close()
     assert all(wait_gone(server) for (server,) in servers) and all(wait_gone(pid) for pid in services)
@@ -79,6 +83,9 @@ def test_a_killed_service_leaves_no_server_behind(stand_in_root, tmp_path):  # n
         os.kill(second_victim, signal.SIGKILL)
         backend.metrics()
         assert backend.restarts == 2 and backend.pids[1] != second_victim and wait_gone(second_orphan)
+        # its world was reset by the restart: the next step reports it failed (its group is dropped), as after a
+        # restart the heartbeat makes, and the one after drives on
+        assert backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].tolist() == [False, True]
         assert not backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].any()
         (second_fresh,) = backend.services[1].description["process_groups"]
     finally:

@@ -16,7 +16,7 @@ import yaml
 
 from envs.api import BackendError, ServiceFailure
 from envs.branching import BranchingSession
-from envs.contract import check_snapshot_contract
+from envs.contract import check_capabilities, check_snapshot_contract
 from envs.factory import EnvConfig, ServiceConfig, build_backend, env_config_from_dict
 from envs.services.http_client import HttpConfig, HttpService
 from envs.sim.config import SimConfig
@@ -39,6 +39,19 @@ def over(urls, **extra):
 
 def test_snapshot_contract_over_http(url):
     check_snapshot_contract(lambda: build_backend(over([url, url]), num_worlds=4), seed=4)
+
+
+def test_the_services_spec_and_optional_calls_are_forwarded(url):
+    backend = build_backend(over([url, url]), num_worlds=4)
+    try:
+        check_capabilities(backend)  # the simulator's spec, pictures left in the servers' processes
+        assert (backend.spec.kind, backend.spec.rasters, backend.spec.pictures) == ("sim", True, False)
+        local = DrivingSim(SimConfig(num_worlds=4, **STRAIGHT))
+        backend.reset(5)
+        local.reset(5)
+        assert torch.equal(backend.observe_raster([3, 0]), local.observe_raster([3, 0]))
+    finally:
+        backend.close()
 
 
 def test_two_services_branch_across_each_other_like_an_in_process_simulator(url):

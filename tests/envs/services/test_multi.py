@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from envs.api import BackendError, ServiceFailure, Snapshot
-from envs.contract import check_snapshot_contract
+from envs.contract import check_capabilities, check_snapshot_contract
 from envs.factory import build_backend, env_config_from_dict
 from envs.services.launch import split_worlds
 from envs.sim.config import SimConfig
@@ -97,6 +97,14 @@ def test_a_service_that_cannot_start_is_a_clear_error():
         build_backend(services(start_timeout_s=0.01), num_worlds=2)
 
 
+def test_a_service_that_predates_specs_gets_the_one_its_action_bounds_imply():
+    from envs.services.multi import service_spec
+
+    box = service_spec({"observation_size": 3, "action_bounds": [[-2.0], [2.0]]})  # an older HTTP server
+    assert (box.driving, box.action_low, box.rasters, box.splits) == (False, (-2.0,), False, False)
+    assert service_spec({"observation_size": 66, "action_bounds": None}).driving
+
+
 def test_split_worlds():
     assert split_worlds(10, 4) == [3, 3, 2, 2]
     with pytest.raises(BackendError, match="cannot be spread"):
@@ -107,7 +115,10 @@ def test_a_gymnasium_env_over_two_services_keeps_its_action_box():
     backend = build_backend(env_config_from_dict({"backend": "gym", "id": "Pendulum-v1", "num_services": 2}),
                             num_worlds=4)
     try:
-        assert backend.action_bounds == ([-2.0], [2.0]) and backend.action_size == 1
+        spec = backend.spec  # the services' spec, forwarded
+        assert (spec.kind, spec.driving, spec.action_low, spec.action_high) == ("gym", False, (-2.0,), (2.0,))
+        assert spec.action_size == 1 and spec.max_episode_steps == 200
+        check_capabilities(backend)  # no optional call: each refused by name, from the parent
         backend.reset(0)
         snapshot = backend.snapshot([0])
         backend.restore(snapshot, [3])  # state-API snapshots travel between services
