@@ -2,8 +2,9 @@
 ``gymnasium.vector.VectorEnv``.
 
 Both classes use only the backend contract (reset / step / observe / close), so they work for every
-backend; only :meth:`render` needs the built-in simulator. Importing this module registers
-``"GRPODrive-v0"`` (the built-in simulator; keyword arguments go to :class:`~envs.sim.config.SimConfig`)::
+backend; only :meth:`render` needs a backend with pictures (``spec.pictures``: the built-in simulator).
+Importing this module registers ``"GRPODrive-v0"`` (the built-in simulator; keyword arguments go to
+:class:`~envs.sim.config.SimConfig`)::
 
     env = gymnasium.make("GRPODrive-v0", map="straight", num_towns=2)
     envs = gymnasium.make_vec("GRPODrive-v0", num_envs=8, map="straight")  # one batched simulator
@@ -55,15 +56,12 @@ def _render_fps(backend: Backend) -> int:
 
 
 def _birdseye(backend: Backend, world_id: int, size: int, metres: float) -> np.ndarray:
-    from envs.sim.world import DrivingSim  # local: the adapters themselves need no simulator
-
-    if not isinstance(backend, DrivingSim):
+    if not backend.spec.pictures:
         raise NotImplementedError(
-            f"rgb_array rendering draws the built-in simulator's town (envs.sim.world.DrivingSim); backend "
-            f"{type(backend).__name__} has no bird's-eye renderer. Create the env with render_mode=None")
-    from envs.sim.render import render_birdseye
-
-    return render_birdseye(backend, world_id, size=size, metres=metres)
+            f"rgb_array rendering needs a backend that draws itself (spec.pictures: the built-in simulator, "
+            f"envs.sim.world.DrivingSim); backend {type(backend).__name__} ({backend.spec.kind}) has no bird's-eye "
+            "renderer. Create the env with render_mode=None")
+    return backend.render_birdseye(world_id, size=size, metres=metres)
 
 
 class DrivingEnv(gymnasium.Env):

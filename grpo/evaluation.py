@@ -37,21 +37,19 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from envs.api import INFRACTIONS, Backend, BackendError
+from envs.api import INFRACTIONS, Backend, BackendError, MapView
 from envs.factory import EnvConfig, ServiceConfig, build_backend, env_config_from_dict
 from envs.metrics import MIN_KM_FOR_RATES, EpisodeAccumulator, EpisodeRecord, summarise
 from envs.typed_config import ConfigError, from_dict, to_dict
 from grpo.checkpoint import CheckpointError, load_checkpoint
 from grpo.config import EvalConfig
 from grpo.distributions import action_mapping_for
+from grpo.pictures import MAP_MARGIN_M, gif_frame
 from grpo.policy import HeldActions, PolicyConfig, build_policy
 from grpo.progress import Progress
 
 Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 DEFAULT_DT = 0.1  # s per step, for backends that do not say (the built-in simulator and CARLA's default)
-MAP_MARGIN_M = 25.0  # metres of map around a route in trajectory pictures (route deviation ends at 15 m)
-GIF_SIZE, GIF_METRES = 256, 60.0  # GIF frames: pixels and metres per side, centred on the ego, north up
-CAPTION_HEIGHT = 18  # pixels of the caption strip above each GIF frame
 
 # How a route ended, by priority when several things happen on its last step; "ended" when the backend ended
 # it for another reason, "step_limit" when eval.max_steps came first.
@@ -70,24 +68,13 @@ class Driver(Protocol):
 
 
 @dataclass
-class MapView:
-    """The town around one route, for trajectory pictures: ``image`` uint8 [H, W, 3] north up (row 0 is the
-    largest y), covering ``extent`` = (x_min, x_max, y_min, y_max) in world metres (matplotlib's imshow
-    extent), and the route's centre line ``route`` [N, 2] from start to goal."""
-
-    image: np.ndarray
-    extent: tuple[float, float, float, float]
-    route: np.ndarray
-    town_seed: int
-
-
-@dataclass
 class EvalResult:
     """One driver on one suite: aggregated ``metrics`` (flat ``eval/`` names) and one record per route.
 
-    On the built-in simulator also ``trajectories`` (per route, ego x, y [steps + 1, 2] in metres from the
-    reset to the route's end), ``maps`` (route seed -> :class:`MapView`, first ``num_maps`` routes) and
-    ``frames`` (route seed -> GIF frames uint8 [H, W, 3], first ``num_gifs`` routes)."""
+    On a backend that draws itself (``spec.pictures``: the built-in simulator) also ``trajectories`` (per route,
+    ego x, y [steps + 1, 2] in metres from the reset to the route's end), ``maps`` (route seed ->
+    :class:`~envs.api.MapView`, first ``num_maps`` routes) and ``frames`` (route seed -> GIF frames uint8
+    [H, W, 3], first ``num_gifs`` routes)."""
 
     metrics: dict[str, float]
     routes: list[dict[str, Any]] = field(default_factory=list)
@@ -180,9 +167,9 @@ def evaluate_policy(driver: Driver, env_config: EnvConfig, config: EvalConfig, d
     """Drive every route of the suite to its end (or ``eval.max_steps``) and score it.
 
     ``backend`` may be passed to reuse one (its worlds host the routes, in waves if fewer); it is left open. One
-    with ``set_split`` (CARLA: the trainer's servers) is switched to eval routes for the run and back after.
-    On the built-in simulator, ``num_gifs`` / ``num_maps`` keep GIF frames (every ``gif_every`` steps) / a
-    map view of the first routes of the suite; trajectories are always kept there.
+    whose spec offers ``set_split`` (CARLA: the trainer's servers) is switched to eval routes for the run and back
+    after. On a backend with pictures (the built-in simulator), ``num_gifs`` / ``num_maps`` keep GIF frames (every
+    ``gif_every`` steps) / a map view of the first routes of the suite; trajectories are always kept there.
     """
     own_backend = backend is None
     if own_backend:
@@ -254,13 +241,13 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
     ignored). ``first_index`` is the suite index of ``seeds[0]``, for the num_gifs / num_maps routes."""
     n = len(seeds)
     obs = backend.reset(seeds + [seeds[0]] * (backend.num_worlds - n))
-    sim = _simulator(backend)
-    state = getattr(backend, "state", None)
-    positions = [_positions(state, n)] if state is not None else None
-    gif_worlds = [i for i in range(n) if first_index + i < num_gifs] if sim is not None else []
-    map_worlds = [i for i in range(n) if first_index + i < num_maps] if sim is not None else []
-    maps = {seeds[i]: route_map(sim, i) for i in map_worlds}
-    frames = {seeds[i]: [_gif_frame(sim, i, seeds[i], 0, dt)] for i in gif_worlds}
+    pictures = backend.spec.pictures  # trajectories, maps and GIFs where the backend draws itself
+    live_worlds = torch.arange(n)
+    positions = [backend.positions(live_worlds)] if pictures else None
+    gif_worlds = [i for i in range(n) if first_index + i < num_gifs] if pictures else []
+    map_worlds = [i for i in range(n) if first_index + i < num_maps] if pictures else []
+    maps = {seeds[i]: backend.route_map(i, MAP_MARGIN_M) for i in map_worlds}
+    frames = {seeds[i]: [gif_frame(backend, i, seeds[i], 0.0, speed=0.0)] for i in gif_worlds}  # at rest
 
     accumulator = EpisodeAccumulator(n)
     records: dict[int, EpisodeRecord] = {}
@@ -295,10 +282,11 @@ def _drive_wave(driver: Driver, backend: Backend, seeds: list[int], first_index:
             progress.update(first_index + int(done.sum()) if step < max_steps else first_index + n)
         obs = result.observation
         if positions is not None:
-            positions.append(_positions(state, n))
+            positions.append(backend.positions(live_worlds))
         for i in gif_worlds:
             if live[i] and (step % gif_every == 0 or ended[i]):
-                frames[seeds[i]].append(_gif_frame(sim, i, seeds[i], step, dt, float(info["route_completion"][i])))
+                frames[seeds[i]].append(gif_frame(backend, i, seeds[i], step * dt, float(info["speed"][i]),
+                                                  float(info["route_completion"][i])))
         if bool(done.all()):
             break
 
@@ -337,61 +325,6 @@ def _outcome(info: dict[str, torch.Tensor], i: int) -> str:
         if name in info and bool(info[name][i]):
             return name
     return "ended"
-
-
-def _positions(state, n: int) -> torch.Tensor:
-    return torch.stack([state.x[:n], state.y[:n]], dim=-1).detach().float().cpu()
-
-
-def _simulator(backend: Backend):
-    """The backend if it is the built-in simulator (which can draw itself), else None."""
-    from envs.sim.world import DrivingSim
-
-    return backend if isinstance(backend, DrivingSim) else None
-
-
-# --- pictures of the built-in simulator -----------------------------------------------------------------------
-
-
-def route_map(sim, world_id: int, margin_m: float = MAP_MARGIN_M) -> MapView:
-    """The town raster around world ``world_id``'s route (its bounding box plus ``margin_m``), in the renderer's
-    colours, with the route's centre line every metre."""
-    from envs.sim.render import RASTER_PALETTE
-
-    state, town = sim.state, sim.town(world_id)
-    ids = torch.tensor([world_id], device=sim.device)
-    start, end = float(state.route_start_s[world_id]), float(state.route_end_s[world_id])
-    s = torch.cat([torch.arange(start, end, 1.0), torch.tensor([end])]).to(sim.device, torch.float32)
-    lanes, cum = sim.bank.route_lanes(state.town_slot[ids], state.route_id[ids])
-    points, _, _ = sim.bank.route_geometry(state.town_slot[ids], lanes, cum, s[None])
-    route = points[0].cpu().numpy().astype(np.float64)
-    res, (origin_x, origin_y) = town.raster_resolution, town.raster_origin
-    low, high = route.min(0) - margin_m, route.max(0) + margin_m
-    col0, col1 = math.floor((low[0] - origin_x) / res), math.ceil((high[0] - origin_x) / res)
-    row0, row1 = math.floor((low[1] - origin_y) / res), math.ceil((high[1] - origin_y) / res)
-    height, width = town.raster.shape
-    bits = np.zeros((row1 - row0, col1 - col0), dtype=town.raster.dtype)  # outside the raster: off-road
-    r0, r1, c0, c1 = max(row0, 0), min(row1, height), max(col0, 0), min(col1, width)
-    if r0 < r1 and c0 < c1:
-        bits[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = town.raster[r0:r1, c0:c1]
-    image = RASTER_PALETTE[bits][::-1].copy()  # raster row 0 is the south edge; images put north up
-    extent = (origin_x + col0 * res, origin_x + col1 * res, origin_y + row0 * res, origin_y + row1 * res)
-    return MapView(image, extent, route, int(town.seed))
-
-
-def _gif_frame(sim, world_id: int, seed: int, step: int, dt: float, completion: float = 0.0) -> np.ndarray:
-    """A bird's-eye frame around the ego with a caption strip: route seed, time, speed, route completion."""
-    from PIL import Image, ImageDraw
-
-    from envs.sim.render import render_birdseye
-
-    view = render_birdseye(sim, world_id, size=GIF_SIZE, metres=GIF_METRES)
-    frame = Image.new("RGB", (GIF_SIZE, GIF_SIZE + CAPTION_HEIGHT), (24, 24, 24))
-    frame.paste(Image.fromarray(view), (0, CAPTION_HEIGHT))
-    speed = float(sim.state.speed[world_id])
-    ImageDraw.Draw(frame).text((4, 3), f"route {seed}  t {step * dt:5.1f} s  {speed:4.1f} m/s  {completion:3.0f}%",
-                               fill=(235, 235, 235))
-    return np.asarray(frame, dtype=np.uint8)
 
 
 # --- evaluate.py: a checkpoint, its environment and the baselines ------------------------------------------

@@ -42,7 +42,8 @@ class BranchBatch:
     failed: Tensor  # [N] bool: the branch's service failed (its whole group is dropped)
     decided: Tensor  # [S, action_dim] bool: the action dimensions sampled afresh at each trained decision
     info: dict[str, Tensor] = field(default_factory=dict)  # per-branch summaries, [N]
-    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures
+    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures (a backend
+    # whose spec offers pictures)
     rasters: Tensor | None = None  # [S, N, C, P, P] uint8 bird's-eye rasters, for a policy that reads them
 
 
@@ -181,7 +182,7 @@ class BranchingRollout:
             starts = self.trunks.select(self.group_id[wave])
             obs = self._restore(starts, worlds)
             wave_done = self.trunk_done[self.group_id[wave]].clone()
-            recording = record_positions and wave_index == 0
+            recording = record_positions and wave_index == 0 and self.backend.spec.pictures
             wave_positions = [self._positions(config.group_size)] if recording else None
             columns: dict[str, list] = {key: [] for key in batch}
             held = HeldActions(self.policy)
@@ -280,12 +281,8 @@ class BranchingRollout:
         return self.backend.observe_raster(torch.arange(count)).to(self.device)
 
     def _positions(self, count: int) -> Tensor:
-        """Ego positions [count, 2] of worlds 0..count-1 where the backend exposes them (built-in simulator)."""
-        state = getattr(self.backend, "state", None)
-        if state is None:
-            return torch.zeros(count, 2)
-        ids = torch.arange(min(count, self.backend.num_worlds), device=state.floats.device)
-        return torch.stack([state.x[ids], state.y[ids]], dim=-1).cpu()
+        """Ego positions [count, 2] of worlds 0..count-1 (a backend with pictures)."""
+        return self.backend.positions(torch.arange(min(count, self.backend.num_worlds)))
 
     def state_dict(self) -> dict:
         trunks = self.trunks

@@ -383,8 +383,7 @@ class WorldServer:
         with self.lock:
             self._need_episode()
             self._check_world(world)
-            sim = self._sim()
-            s = sim.state
+            s = self._sim_state()
             out = [{"id": "ego", "role": "ego", **_pose(s.x[world], s.y[world], s.yaw[world]),
                     "speed": float(s.speed[world])}]
             for slot in (s.traffic_lane[world] >= 0).nonzero().flatten().tolist():
@@ -401,24 +400,25 @@ class WorldServer:
     def render_png(self, world: int, size: int, metres: float) -> bytes:
         from PIL import Image
 
-        from envs.sim.render import render_birdseye
-
         with self.lock:
             self._need_episode()
             self._check_world(world)
-            image = render_birdseye(self._sim(), world, size=size, metres=metres)
+            if not self._renders():
+                raise NotOffered(f"the served backend ({self.backend_kind}) draws no bird's-eye view (its spec has "
+                                 "pictures=False); serve env=sim for it")
+            image = self.backend.render_birdseye(world, size=size, metres=metres)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         return buffer.getvalue()
 
     def _renders(self) -> bool:
-        return hasattr(self.backend, "bank") and hasattr(self.backend, "state")
+        return self.backend.spec.pictures
 
-    def _sim(self):
-        if not self._renders():
-            raise NotOffered(f"the served backend ({self.backend_kind}) offers no vehicle list or bird's-eye view; "
-                             "serve env=sim for those")
-        return self.backend
+    def _sim_state(self):
+        """The built-in simulator's world state, which the vehicle list and the seed's ``vehicle_state`` read."""
+        if self.backend_kind != "sim":
+            raise NotOffered(f"the served backend ({self.backend_kind}) offers no vehicle list; serve env=sim for it")
+        return self.backend.state
 
     def _check_world(self, world: int) -> None:
         if not 0 <= world < self.backend.num_worlds:
@@ -430,8 +430,8 @@ class WorldServer:
         backend exposes it, and the policy's observation ``vector``."""
         vector = vector.detach().cpu()
         vehicle_state: dict[str, Any] = {"position": None, "rotation": None, "velocity": None, "speed": None}
-        if self._renders():
-            s = self.backend.state
+        if self.backend_kind == "sim":
+            s = self._sim_state()
             speed, yaw = float(s.speed[world]), float(s.yaw[world])
             control = s.last_control[world].tolist()
             vehicle_state = {"position": {"x": float(s.x[world]), "y": float(s.y[world]), "z": 0.0},

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from envs.api import (
@@ -27,6 +28,7 @@ from envs.api import (
     BackendBase,
     BackendError,
     BackendSpec,
+    MapView,
     Snapshot,
     StepResult,
     WorldIds,
@@ -122,15 +124,16 @@ def town_factory(config: SimConfig):
 
 
 class DrivingSim(BackendBase):
-    """The built-in batched driving simulator. See the module docstring and envs.api for the contract; beyond it,
-    the bird's-eye raster observation (``observe_raster``)."""
+    """The built-in batched driving simulator. See the module docstring and envs.api for the contract; its spec
+    offers the bird's-eye raster observation (``observe_raster``) and pictures (``positions``, ``render_birdseye``,
+    ``route_map``, drawn by envs.sim.render)."""
 
     backend_name = "sim"
 
     def __init__(self, config: SimConfig):
         self.config = config
         self.spec = BackendSpec(self.backend_name, dt=config.dt, max_episode_steps=config.max_episode_steps,
-                                rasters=True)
+                                rasters=True, pictures=True)
         self.num_worlds = config.num_worlds
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -510,6 +513,23 @@ class DrivingSim(BackendBase):
         arc = raster.route_arc_lengths(s.route_s, s.route_end_s)
         points, headings, _ = self.bank.route_geometry(s.town_slot, lanes, cum, arc)
         return raster.draw(self.bank, self.config.lights, s, raster.widen(points, headings))
+
+    # --- pictures for people (envs.sim.render) ----------------------------------------------------------
+
+    def positions(self, world_ids: WorldIds = None) -> torch.Tensor:
+        ids = as_world_ids(world_ids, self.num_worlds, self.device)
+        return torch.stack([self.state.x[ids], self.state.y[ids]], dim=-1).float().cpu()
+
+    def render_birdseye(self, world_id: int, *, size: int = 256, metres: float = 60.0,
+                        trajectories: Sequence[tuple[np.ndarray, tuple[int, ...]]] = ()) -> np.ndarray:
+        from envs.sim.render import render_birdseye  # PIL only where pictures are drawn
+
+        return render_birdseye(self, world_id, size=size, metres=metres, extra_trajectories=list(trajectories))
+
+    def route_map(self, world_id: int, margin_m: float = 25.0) -> MapView:
+        from envs.sim.render import route_map
+
+        return route_map(self, world_id, margin_m)
 
     # --- snapshots --------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Gymnasium adapters: API conformance (check_env), registration, seeding, vector stepping and autoreset."""
 
+import dataclasses
 import warnings
 
 import gymnasium
@@ -20,10 +21,12 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 class ForeignBackend:
-    """A backend that is not the built-in simulator (delegates to one) and counts close() calls."""
+    """A backend that is not the built-in simulator (delegates to one, but declares no pictures) and counts
+    close() calls."""
 
     def __init__(self, sim):
         self._sim = sim
+        self.spec = dataclasses.replace(sim.spec, kind="foreign", pictures=False)
         self.closed = 0
 
     def __getattr__(self, name):
