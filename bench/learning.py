@@ -35,7 +35,8 @@ from envs.api import INFRACTIONS
 from grpo.baselines import build_baseline
 from grpo.checkpoint import save_checkpoint
 from grpo.config import train_config_from_dict
-from grpo.evaluation import ci95, evaluate_policy
+from grpo.eval_metrics import ci95
+from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

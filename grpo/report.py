@@ -27,7 +27,8 @@ import numpy as np
 
 from envs.api import INFRACTIONS
 from envs.typed_config import from_dict
-from grpo.evaluation import EvalResult, Evaluation
+from grpo.checkpoint_eval import Evaluation
+from grpo.evaluation import EvalResult
 from grpo.pictures import write_gif
 
 DRIVER_COLOURS = {"policy": "tab:orange", "expert": "tab:green", "random": "tab:purple"}  # policy: the GIFs' ego colour
