@@ -471,6 +471,26 @@ def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | st
     return ids.to(device)
 
 
+def restore_world_ids(snapshot: Snapshot, world_ids: WorldIds, num_worlds: int,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """The worlds a ``restore`` writes, validated: ``world_ids`` (None: 0 .. snapshot.num_worlds - 1), one per
+    snapshot world (BackendError otherwise)."""
+    ids = as_world_ids(range(snapshot.num_worlds) if world_ids is None else world_ids, num_worlds, device)
+    if len(ids) != snapshot.num_worlds:
+        raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were given; pass "
+                           "one target world per snapshot world")
+    return ids
+
+
+def clone_world_ids(src_ids: WorldIds, dst_ids: WorldIds, num_worlds: int,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The source and destination worlds of a ``clone``, validated: as many of each (BackendError otherwise)."""
+    src, dst = as_world_ids(src_ids, num_worlds, device), as_world_ids(dst_ids, num_worlds, device)
+    if src.shape != dst.shape:
+        raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+    return src, dst
+
+
 def check_actions(actions: torch.Tensor, num_worlds: int, action_size: int = ACTION_SIZE) -> None:
     """Reject actions a backend cannot apply: wrong shape or non-finite values. Out-of-range values are
     clipped by the backend, as CARLA does. ``action_size`` is the number of action values per world: CARLA's

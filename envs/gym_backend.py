@@ -69,7 +69,9 @@ from envs.api import (
     WorldIds,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     derive_episode_seeds,
+    restore_world_ids,
 )
 
 BACKEND_NAME = "gym"
@@ -458,8 +460,8 @@ class GymBackend(BackendBase):
 
     def restore(self, snapshot: Snapshot, world_ids: WorldIds = None) -> torch.Tensor:
         self._check_open()
-        ids = self._ids(range(snapshot.num_worlds) if world_ids is None else world_ids)
-        self._check_snapshot(snapshot, len(ids))
+        self._check_snapshot(snapshot)
+        ids = restore_world_ids(snapshot, world_ids, self.num_worlds).tolist()
         tensors = snapshot.tensors
         if self.snapshot_mode == "state":  # decode everything first, so a bad snapshot changes nothing
             states = [decode_state(tensors, row) for row in range(len(ids))]
@@ -482,9 +484,8 @@ class GymBackend(BackendBase):
         return self.observe(ids)
 
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
-        src, dst = self._ids(src_ids), self._ids(dst_ids)
-        if len(src) != len(dst):
-            raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+        self._check_open()
+        src, dst = (ids.tolist() for ids in clone_world_ids(src_ids, dst_ids, self.num_worlds))
         if self.snapshot_mode == "state":
             self.restore(self.snapshot(src), dst)
             return
@@ -565,14 +566,11 @@ class GymBackend(BackendBase):
                 f"{_COPIES.capacity} most recently used world copies; raise env.snapshot_cache_size")
         return env
 
-    def _check_snapshot(self, snapshot: Snapshot, count: int) -> None:
+    def _check_snapshot(self, snapshot: Snapshot) -> None:
         if (snapshot.backend, snapshot.signature) != (BACKEND_NAME, self.signature):
             raise BackendError(f"snapshot of {snapshot.backend}/{snapshot.signature} cannot be restored into "
                                f"{BACKEND_NAME}/{self.signature}: it comes from another env id, env kwargs, episode "
                                "limit or snapshot mode")
-        if count != snapshot.num_worlds:
-            raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {count} world ids were given; "
-                               "pass one target world per snapshot world")
 
     def _check_open(self) -> None:
         if not self.envs:

@@ -53,7 +53,9 @@ from envs.api import (
     WorldIds,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     derive_episode_seeds,
+    restore_world_ids,
 )
 from envs.services.host import to_tensor
 
@@ -402,12 +404,7 @@ class MultiServiceBackend(BackendBase):
 
     @_serialised
     def restore(self, snapshot: Snapshot, world_ids: WorldIds = None) -> torch.Tensor:
-        if world_ids is None:
-            world_ids = range(snapshot.num_worlds)
-        ids = as_world_ids(world_ids, self.num_worlds)
-        if len(ids) != snapshot.num_worlds:
-            raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were given; "
-                               "pass one target world per snapshot world")
+        ids = restore_world_ids(snapshot, world_ids, self.num_worlds)
         snapshot.validate()  # a malformed snapshot is refused here, before any service's worlds change
         out = self._gather("restore", ids, lambda pos, local: (snapshot.select(pos).to_bytes(), local.tolist()),
                            retry=True)
@@ -416,10 +413,7 @@ class MultiServiceBackend(BackendBase):
 
     @_serialised
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
-        src = as_world_ids(src_ids, self.num_worlds)
-        dst = as_world_ids(dst_ids, self.num_worlds)
-        if src.shape != dst.shape:
-            raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+        src, dst = clone_world_ids(src_ids, dst_ids, self.num_worlds)
         same = self._service_of[src] == self._service_of[dst]
         requests = {}
         for service in torch.unique(self._service_of[src[same]]).tolist():

@@ -34,7 +34,9 @@ from envs.api import (
     WorldIds,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     derive_episode_seeds,
+    restore_world_ids,
 )
 from envs.driving.expert import ExpertDriver
 from envs.driving.lights import RED
@@ -547,12 +549,7 @@ class DrivingSim(BackendBase):
                 f"this {self.backend_name!r} simulator (signature {self.signature}): it was taken with another "
                 "map or town configuration (or other dt, traffic, pedestrian or light settings); restore it into "
                 "a simulator built with the same env config")
-        if world_ids is None:
-            world_ids = range(snapshot.num_worlds)
-        ids = as_world_ids(world_ids, self.num_worlds, self.device)
-        if len(ids) != snapshot.num_worlds:
-            raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were "
-                               "given; pass one target world per snapshot world")
+        ids = restore_world_ids(snapshot, world_ids, self.num_worlds, self.device)
         # Every check before the first write: a refused snapshot leaves the worlds as they were.
         snapshot.check_fields(self.backend_name, self.signature, {
             "floats": (self.state.floats.dtype, tuple(self.state.floats.shape[1:])),
@@ -572,10 +569,7 @@ class DrivingSim(BackendBase):
                                "observing it); the worlds were left as they were") from error
 
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
-        src = as_world_ids(src_ids, self.num_worlds, self.device)
-        dst = as_world_ids(dst_ids, self.num_worlds, self.device)
-        if src.shape != dst.shape:
-            raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+        src, dst = clone_world_ids(src_ids, dst_ids, self.num_worlds, self.device)
         self.state.copy_rows(src, dst)
         self._has_reset[dst] = self._has_reset[src]
 

@@ -13,7 +13,9 @@ from envs.api import (
     Snapshot,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     frame_snapshot_payload,
+    restore_world_ids,
 )
 
 
@@ -193,3 +195,15 @@ def test_capabilities_a_backend_does_not_declare_are_refused_by_name():
                  lambda: backend.route_map(0)):
         with pytest.raises(NotOffered):
             call()
+
+
+def test_restore_and_clone_world_ids_are_checked_in_one_place():
+    snapshot = make_snapshot()  # 3 worlds
+    assert restore_world_ids(snapshot, None, 5).tolist() == [0, 1, 2]
+    assert restore_world_ids(snapshot, [4, 0, 2], 5).tolist() == [4, 0, 2]
+    with pytest.raises(BackendError, match="snapshot holds 3 worlds but 2 world ids were given"):
+        restore_world_ids(snapshot, [0, 1], 5)
+    src, dst = clone_world_ids([0, 0], torch.tensor([1, 2]), 3)
+    assert src.tolist() == [0, 0] and dst.tolist() == [1, 2]
+    with pytest.raises(BackendError, match="as many sources as destinations, got 1 and 2"):
+        clone_world_ids([0], [1, 2], 3)
