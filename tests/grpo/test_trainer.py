@@ -297,19 +297,20 @@ def test_ctrl_c_during_grpo_saves_last_pt_and_prints_the_resume_command(tmp_path
     assert "run_name=stop" in command and "env.num_services=2" in command
     state = load_checkpoint(tmp_path / "ckpt" / "stop" / "last.pt")
     assert state["iteration"] >= 1  # stopped after a whole iteration, not inside one
-    deadline = time.time() + 10
-    while any(process_alive(child) for child in children) and time.time() < deadline:
+    deadline = time.monotonic() + 60  # the fork server leaves once its parent is gone: at once, or seconds if busy
+    while any(process_alive(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [child for child in children if process_alive(child)], "no service process outlives the trainer"
 
 
 def test_ctrl_c_during_the_warm_start_stops_within_a_step(tmp_path):
     process = _train_until(tmp_path, "pretrain: cloning the expert", "pretrain.demo_steps=100000")
-    start = time.time()
+    start = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130 and "interrupted during the warm start" in stderr, stderr[-2000:]
-    assert time.time() - start < 30 and "Traceback" not in stderr
+    # within a step, not after the 100,000 demonstration steps (minutes); generous for a busy machine
+    assert time.monotonic() - start < 120 and "Traceback" not in stderr
     assert not (tmp_path / "ckpt" / "stop" / "last.pt").exists()
 
 

@@ -10,7 +10,7 @@ import torch
 
 from envs.factory import build_backend, env_config_from_dict
 from envs.services.carla_servers import PORT_BLOCKS, service_env_config
-from tests.envs.carla.conftest import process_exists, stand_in_root, wait_gone  # noqa: F401 (a fixture)
+from tests.envs.carla.conftest import free_port_base, process_exists, stand_in_root, wait_gone  # noqa: F401 (a fixture)
 
 pytest.importorskip("carla")  # the service's health check is a real CARLA client
 
@@ -21,8 +21,10 @@ def parent_of(pid: int) -> int:
 
 
 def carla_services(root, tmp_path, num_services=2):
+    base = free_port_base()  # not the default 2000: another test run on this machine may be using those now
     return build_backend(env_config_from_dict({
         "backend": "carla", "num_services": num_services, "worlds_per_service": 1, "carla_root": str(root),
+        "port": base, "traffic_manager_port": base + 1000,
         "log_dir": str(tmp_path / "servers"), "world_class": "tests.envs.carla.stand_ins:FakeWorld",
         "drift_check_every": 0, "start_timeout_s": 30.0, "traffic": {"num_vehicles": 2}}), num_worlds=num_services)
 
