@@ -13,8 +13,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from grpo.checkpoint_eval import evaluate_checkpoint, evaluate_config_from_dict
 from grpo.cli import one_line_errors
-from grpo.evaluation import evaluate_checkpoint, evaluate_config_from_dict
 from grpo.report import log_to_run, summary_table, write_report
 
 

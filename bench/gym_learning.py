@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from grpo.config import train_config_from_dict
-from grpo.evaluation import ci95
+from grpo.eval_metrics import ci95
 from grpo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,8 @@ from common import RESULTS, machine, train_config
 from envs.api import INFRACTIONS
 from grpo.baselines import build_baseline
 from grpo.checkpoint import save_checkpoint
-from grpo.evaluation import ci95, evaluate_policy
+from grpo.eval_metrics import ci95
+from grpo.evaluation import evaluate_policy
 from grpo.trainer import Trainer
 
 

@@ -12,17 +12,27 @@ Conventions shared by every backend:
 * Observation: a fixed-size float32 vector per world whose layout is :data:`OBSERVATION_LAYOUT`.
 * Worlds that have terminated or been truncated stay frozen: stepping them again gives reward 0 and the
   same done flags until they are reset or restored. A branch that ends therefore stops earning reward.
+
+Beyond the core calls a backend says what it is and what more it offers in its ``spec``, a :class:`BackendSpec`
+(time step, episode limit, action box, and which optional capabilities it has: bird's-eye rasters, pictures for
+people, a switch to evaluation routes, in-place evaluation). The optional calls and their defaults live in
+:class:`BackendBase`; callers read ``backend.spec`` before using one, never the backend's attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
+
+from envs.seeding import mix
 
 ACTION_SIZE = 3
 """throttle, brake, steer."""
@@ -277,14 +287,126 @@ def _unframe(data: bytes) -> bytes:
 
 WorldIds = Sequence[int] | torch.Tensor | None
 
+RESTARTS_METRIC = "services/restarts"
+"""The metric every backend's ``metrics()`` reports: simulator instances (service processes, Ray actors, HTTP
+servers, CARLA servers) restarted after a failure so far; 0 for a backend where nothing restarts."""
+
+
+class NotOffered(BackendError):
+    """An optional capability was called on a backend whose ``spec`` does not offer it; the message names it."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend is and which optional capabilities it offers; every backend exposes one as ``spec``.
+
+    The capabilities are calls of :class:`BackendBase` (which raises :class:`NotOffered` for those a backend does
+    not override): a caller checks the flag first, so no one probes a backend's attributes. Plain values only, so
+    a spec travels to a service's parent as :meth:`to_dict`."""
+
+    kind: str  # the backend kind, as in env.backend and the snapshots it takes: "sim", "carla", "gym"
+    dt: float | None = None  # simulated seconds per step; None: the backend does not say (env=gym)
+    max_episode_steps: int | None = None  # the step at which an episode is truncated (timeout); None: no limit
+    action_low: tuple[float, ...] = ACTION_LOW  # the box actions lie in (values outside are clipped); for a
+    action_high: tuple[float, ...] = ACTION_HIGH  # driving backend, CARLA's control (throttle, brake, steer)
+    driving: bool = True  # observations follow OBSERVATION_LAYOUT, actions are CARLA's control, steps report the
+    # route infos of StepResult (the expert can drive it); False: any Box environment (env=gym)
+    rasters: bool = False  # observe_raster(world_ids): the bird's-eye raster observation, for CNN policies
+    pictures: bool = False  # positions, render_birdseye and route_map: ego positions and images for people
+    splits: bool = False  # set_split(split): later resets draw training or evaluation routes
+    evaluates_in_place: bool = False  # the trainer's periodic evaluation runs on this backend itself (switched to
+    # evaluation routes with set_split and back), not on one of its own: CARLA, whose servers take no second client
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action_low", tuple(float(v) for v in self.action_low))
+        object.__setattr__(self, "action_high", tuple(float(v) for v in self.action_high))
+        if len(self.action_low) != len(self.action_high) or not self.action_low:
+            raise ValueError(f"action_low and action_high must have one bound per action value, got "
+                             f"{self.action_low} and {self.action_high}")
+        if self.evaluates_in_place and not self.splits:
+            raise ValueError("a backend that evaluates in place must offer set_split (splits=True)")
+
+    @property
+    def action_size(self) -> int:
+        """Action values per world: 3 for CARLA's control, k for a k-dimensional Box."""
+        return len(self.action_low)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able values (tuples as lists), for a service's description."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> BackendSpec:
+        """The spec :meth:`to_dict` wrote; keys this version does not know are ignored (a newer service)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+@dataclass
+class MapView:
+    """The town around one route, for trajectory pictures (``route_map``): ``image`` uint8 [H, W, 3] north up
+    (row 0 is the largest y), covering ``extent`` = (x_min, x_max, y_min, y_max) in world metres (matplotlib's
+    imshow extent), the route's centre line ``route`` [N, 2] from start to goal, and the seed of the town."""
+
+    image: np.ndarray
+    extent: tuple[float, float, float, float]
+    route: np.ndarray
+    town_seed: int
+
+
+class BackendBase:
+    """The optional capabilities of the contract, with their defaults: every backend inherits this class, declares
+    in its ``spec`` what it offers, and overrides those calls. A call its spec does not offer raises NotOffered.
+    ``metrics`` is offered by every backend."""
+
+    spec: BackendSpec
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for the training log (the trainer asks every iteration): always :data:`RESTARTS_METRIC`, plus
+        whatever the backend measures (CARLA: restore errors and ``drift/*``)."""
+        return {RESTARTS_METRIC: 0.0}
+
+    def observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """``spec.rasters``: the bird's-eye raster observation of the given worlds, uint8 [N, C, S, S], ego-centred
+        and facing up (channels in envs.sim.raster)."""
+        raise self._not_offered("rasters", "observe_raster")
+
+    def set_split(self, split: str) -> str:
+        """``spec.splits``: later resets draw ``split``'s routes ("train" or "eval"); returns the previous split."""
+        raise self._not_offered("splits", "set_split")
+
+    def positions(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """``spec.pictures``: the egos' positions [N, 2] (x, y in world metres, float32, on the CPU)."""
+        raise self._not_offered("pictures", "positions")
+
+    def render_birdseye(self, world_id: int, *, size: int = 256, metres: float = 60.0,
+                        trajectories: Sequence[tuple[np.ndarray, tuple[int, ...]]] = ()) -> np.ndarray:
+        """``spec.pictures``: a bird's-eye RGB image uint8 [size, size, 3] of world ``world_id``, ``metres`` on a
+        side, centred on the ego, north up: the map, the route ahead, the road users, the lights and the ego, with
+        ``trajectories`` (world points [T, 2] and an RGB or RGBA colour each) drawn over the map."""
+        raise self._not_offered("pictures", "render_birdseye")
+
+    def route_map(self, world_id: int, margin_m: float = 25.0) -> MapView:
+        """``spec.pictures``: the map around world ``world_id``'s whole route (its bounding box plus
+        ``margin_m``), with the route's centre line."""
+        raise self._not_offered("pictures", "route_map")
+
+    def _not_offered(self, flag: str, call: str) -> NotOffered:
+        return NotOffered(f"{type(self).__name__} ({self.spec.kind}) does not offer {call} (its spec has "
+                          f"{flag}=False)")
+
+
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every backend offers. ``world_ids`` of ``None`` means all worlds."""
+    """What every backend offers. ``world_ids`` of ``None`` means all worlds. The optional capabilities
+    (``metrics``, and the calls ``spec`` declares) are those of :class:`BackendBase`, which every backend inherits."""
 
     num_worlds: int
     observation_size: int
     device: torch.device
+    spec: BackendSpec
 
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         """Start new episodes and return their observations [len(world_ids), obs_size].
@@ -318,14 +440,24 @@ class Backend(Protocol):
     def close(self) -> None:
         ...
 
+    def metrics(self) -> dict[str, float]:
+        ...
 
-def derive_episode_seeds(seed: int, world_ids: Sequence[int]) -> list[int]:
-    """Per-world episode seeds from one int seed, independent of which service or server hosts a world."""
-    out = []
-    for world in world_ids:
-        digest = hashlib.blake2b(f"{seed}:{int(world)}".encode(), digest_size=4).digest()
-        out.append(int.from_bytes(digest, "little"))
-    return out
+
+def derive_episode_seeds(seed: int | Sequence[int], world_ids: Sequence[int] | torch.Tensor) -> list[int]:
+    """One episode seed per world of ``world_ids``, from the ``seed`` argument of :meth:`Backend.reset`: an int
+    derives them from (seed, world id) with :func:`envs.seeding.mix` (both 32-bit words of a wider int count), the
+    same whichever backend, service or server hosts a world; a sequence gives one episode seed per world and must
+    match ``world_ids`` in length (BackendError otherwise). Every backend and service normalises ``seed`` here."""
+    ids = torch.as_tensor(world_ids, dtype=torch.long).reshape(-1).cpu()
+    if isinstance(seed, Integral):
+        seed = int(seed)
+        return mix(seed & 0xFFFFFFFF, seed >> 32, ids).tolist()
+    seeds = [int(s) for s in seed]
+    if len(seeds) != len(ids):
+        raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per world or a "
+                           "single int")
+    return seeds
 
 
 def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -337,6 +469,26 @@ def as_world_ids(world_ids: WorldIds, num_worlds: int, device: torch.device | st
         raise BackendError(f"world ids must lie in [0, {num_worlds}); got min {int(ids.min())}, "
                            f"max {int(ids.max())}")
     return ids.to(device)
+
+
+def restore_world_ids(snapshot: Snapshot, world_ids: WorldIds, num_worlds: int,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """The worlds a ``restore`` writes, validated: ``world_ids`` (None: 0 .. snapshot.num_worlds - 1), one per
+    snapshot world (BackendError otherwise)."""
+    ids = as_world_ids(range(snapshot.num_worlds) if world_ids is None else world_ids, num_worlds, device)
+    if len(ids) != snapshot.num_worlds:
+        raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were given; pass "
+                           "one target world per snapshot world")
+    return ids
+
+
+def clone_world_ids(src_ids: WorldIds, dst_ids: WorldIds, num_worlds: int,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The source and destination worlds of a ``clone``, validated: as many of each (BackendError otherwise)."""
+    src, dst = as_world_ids(src_ids, num_worlds, device), as_world_ids(dst_ids, num_worlds, device)
+    if src.shape != dst.shape:
+        raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+    return src, dst
 
 
 def check_actions(actions: torch.Tensor, num_worlds: int, action_size: int = ACTION_SIZE) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from envs.api import ACTION_SIZE, Backend, BackendError, Snapshot, StepResult
+from envs.api import Backend, BackendError, Snapshot, StepResult
 
 
 class BranchingSession:
@@ -39,8 +39,7 @@ class BranchingSession:
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        bounds = getattr(backend, "action_bounds", None)
-        self.action_size = ACTION_SIZE if bounds is None else len(bounds[0])
+        self.action_size = backend.spec.action_size
         self._snapshots: dict[int, Snapshot] = {}
         self._next_id = 0
         self._num_branches: int | None = None  # None: single mode

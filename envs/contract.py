@@ -1,10 +1,13 @@
-"""A checker for the snapshot contract, runnable on any backend (ours, or one a user writes).
+"""Checkers for the contract, runnable on any backend (ours, or one a user writes).
 
-    from envs.contract import check_snapshot_contract
+    from envs.contract import check_capabilities, check_snapshot_contract
     check_snapshot_contract(lambda: MyBackend(num_worlds=4), seed=0)
+    check_capabilities(MyBackend(num_worlds=4))
 
-It raises ``ContractError`` naming the first broken promise. With ``atol=0`` (the built-in simulator) the
+They raise ``ContractError`` naming the first broken promise. With ``atol=0`` (the built-in simulator) the
 replays must be bit-identical; a backend that restores only approximately (CARLA) passes a tolerance.
+:func:`check_capabilities` checks that a backend's ``spec`` tells the truth: every optional call it declares
+answers in the documented form, and every other one raises NotOffered.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from envs.api import ACTION_SIZE, Backend, Snapshot
+from envs.api import ACTION_SIZE, RESTARTS_METRIC, Backend, BackendSpec, MapView, NotOffered, Snapshot
 
 
 class ContractError(AssertionError):
@@ -22,7 +25,7 @@ class ContractError(AssertionError):
 
 def random_actions(num_worlds: int, steps: int, seed: int, bounds=None) -> torch.Tensor:
     """Reproducible actions [steps, num_worlds, k]: mostly-forward driving controls (k = 3), or uniform in the
-    Box ``bounds`` = (low, high) of a backend that declares ``action_bounds``."""
+    Box ``bounds`` = (low, high) of a backend that is not a driving one (its spec's action bounds)."""
     generator = torch.Generator().manual_seed(seed)
     if bounds is not None:
         low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
@@ -69,7 +72,8 @@ def check_snapshot_contract(make_backend: Callable[[], Backend], *, seed: int = 
         raise ContractError(f"the contract check needs >= 4 worlds, got {num_worlds}")
     half = num_worlds // 2
     first, second = torch.arange(half), torch.arange(half, 2 * half)
-    bounds = getattr(backend, "action_bounds", None)
+    spec = backend.spec
+    bounds = None if spec.driving else (spec.action_low, spec.action_high)
     warmup = random_actions(num_worlds, warmup_steps, seed + 1, bounds)
     replay = random_actions(num_worlds, replay_steps, seed + 2, bounds)
     # The second half replays the first half's actions, so its trajectories can be compared with them.
@@ -108,3 +112,41 @@ def check_snapshot_contract(make_backend: Callable[[], Backend], *, seed: int = 
     _expect_same("replay after clone", reference, _rollout(backend, replay, second), atol)
     backend.close()
     fresh.close()
+
+
+def check_capabilities(backend: Backend, *, seed: int = 0) -> None:
+    """Check the backend's ``spec`` against what it does (see the module docstring). Resets the backend."""
+    spec = backend.spec
+    if not isinstance(spec, BackendSpec):
+        raise ContractError(f"spec must be an envs.api.BackendSpec, got {type(spec).__name__}")
+    backend.reset(seed)
+    bounds = None if spec.driving else (spec.action_low, spec.action_high)
+    backend.step(random_actions(backend.num_worlds, 1, seed, bounds)[0].to(backend.device))  # spec.action_size fits
+    metrics = backend.metrics()
+    if RESTARTS_METRIC not in metrics or not all(isinstance(v, float) for v in metrics.values()):
+        raise ContractError(f"metrics() must map names to floats and hold {RESTARTS_METRIC!r}, got {metrics}")
+    one = [backend.num_worlds - 1]
+    calls = {
+        "rasters": [("observe_raster", lambda: backend.observe_raster(one),
+                     lambda out: out.dtype == torch.uint8 and out.dim() == 4 and len(out) == 1)],
+        "pictures": [("positions", lambda: backend.positions(one),
+                      lambda out: out.dtype == torch.float32 and tuple(out.shape) == (1, 2)),
+                     ("render_birdseye", lambda: backend.render_birdseye(one[0], size=32, metres=30.0),
+                      lambda out: out.dtype.name == "uint8" and out.shape == (32, 32, 3)),
+                     ("route_map", lambda: backend.route_map(one[0]),
+                      lambda out: isinstance(out, MapView) and out.image.ndim == 3 and out.route.shape[1] == 2)],
+        "splits": [("set_split", lambda: backend.set_split(backend.set_split("eval")),
+                    lambda out: out == "eval")],
+    }
+    for flag, checks in calls.items():
+        for name, call, fits in checks:
+            if getattr(spec, flag):
+                if not fits(call()):
+                    raise ContractError(f"{name}() answers in another form than envs.api.BackendBase documents")
+                continue
+            try:
+                call()
+            except NotOffered:
+                continue
+            raise ContractError(f"{name}() answered, but the spec says {flag}=False: declare it, or leave the call to "
+                                "BackendBase (which raises NotOffered)")

@@ -2,8 +2,9 @@
 ``gymnasium.vector.VectorEnv``.
 
 Both classes use only the backend contract (reset / step / observe / close), so they work for every
-backend; only :meth:`render` needs the built-in simulator. Importing this module registers
-``"GRPODrive-v0"`` (the built-in simulator; keyword arguments go to :class:`~envs.sim.config.SimConfig`)::
+backend; only :meth:`render` needs a backend with pictures (``spec.pictures``: the built-in simulator).
+Importing this module registers ``"GRPODrive-v0"`` (the built-in simulator; keyword arguments go to
+:class:`~envs.sim.config.SimConfig`)::
 
     env = gymnasium.make("GRPODrive-v0", map="straight", num_towns=2)
     envs = gymnasium.make_vec("GRPODrive-v0", num_envs=8, map="straight")  # one batched simulator
@@ -28,7 +29,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.api import ACTION_HIGH, ACTION_LOW, ACTION_SIZE, Backend, BackendError, StepResult
+from envs.api import ACTION_HIGH, ACTION_LOW, ACTION_SIZE, Backend, BackendError, StepResult, derive_episode_seeds
 
 ENV_ID = "GRPODrive-v0"
 MAX_EPISODE_SEED = int(np.iinfo(np.int64).max)  # episode seeds are non-negative int64 (torch.long)
@@ -50,20 +51,17 @@ def action_space() -> spaces.Box:
 
 
 def _render_fps(backend: Backend) -> int:
-    dt = getattr(getattr(backend, "config", None), "dt", None)
+    dt = backend.spec.dt
     return max(1, round(1.0 / dt)) if dt else 10
 
 
 def _birdseye(backend: Backend, world_id: int, size: int, metres: float) -> np.ndarray:
-    from envs.sim.world import DrivingSim  # local: the adapters themselves need no simulator
-
-    if not isinstance(backend, DrivingSim):
+    if not backend.spec.pictures:
         raise NotImplementedError(
-            f"rgb_array rendering draws the built-in simulator's town (envs.sim.world.DrivingSim); backend "
-            f"{type(backend).__name__} has no bird's-eye renderer. Create the env with render_mode=None")
-    from envs.sim.render import render_birdseye
-
-    return render_birdseye(backend, world_id, size=size, metres=metres)
+            f"rgb_array rendering needs a backend that draws itself (spec.pictures: the built-in simulator, "
+            f"envs.sim.world.DrivingSim); backend {type(backend).__name__} ({backend.spec.kind}) has no bird's-eye "
+            "renderer. Create the env with render_mode=None")
+    return backend.render_birdseye(world_id, size=size, metres=metres)
 
 
 class DrivingEnv(gymnasium.Env):
@@ -136,8 +134,9 @@ class DrivingVectorEnv(VectorEnv):
     Autoreset is gymnasium's next-step mode: a world that terminates or truncates on step t is reset on
     step t + 1, which returns its reset observation with reward 0 and both done flags False (its action is
     ignored, its info entries are 0/False). Episode ``k`` of world ``w`` after ``reset(seed=s)`` has the
-    episode seed ``derive_seed(derive_seed(s, w), k)``, so autoresets are as reproducible as the first
-    reset (``episode_seeds`` holds each world's current one).
+    episode seed ``derive(derive(s, w), k)``, where ``derive(seed, i)`` is
+    ``envs.api.derive_episode_seeds(seed, [i])[0]``, so autoresets are as reproducible as the first reset
+    (``episode_seeds`` holds each world's current one).
     ``reset(options={"reset_mask": mask})`` resets only the worlds where the bool mask [num_envs] is True.
     Numpy in and out (float32 observations, actions and rewards; bool flags); ``info`` maps each name to a
     numpy array over worlds. ``close`` closes the backend.
@@ -176,7 +175,7 @@ class DrivingVectorEnv(VectorEnv):
         super().reset(seed=seed if isinstance(seed, int) else None)
         mask = self._reset_mask(options)
         if isinstance(seed, int):
-            self.base_seeds[mask] = [derive_seed(seed, w) for w in np.flatnonzero(mask)]
+            self.base_seeds[mask] = derive_episode_seeds(seed, np.flatnonzero(mask))
             self.episode_counts[mask] = 0
         elif seed is not None:
             if len(seed) != self.num_envs:
@@ -185,8 +184,7 @@ class DrivingVectorEnv(VectorEnv):
                 self.base_seeds[w] = seed[w] if seed[w] is not None else self._draw_seed()
             self.episode_counts[mask] = 0
         elif options is None or "reset_mask" not in options or not self._has_reset:
-            base = self._draw_seed()
-            self.base_seeds[mask] = [derive_seed(base, w) for w in np.flatnonzero(mask)]
+            self.base_seeds[mask] = derive_episode_seeds(self._draw_seed(), np.flatnonzero(mask))
             self.episode_counts[mask] = 0
         else:
             self.episode_counts[mask] += 1
@@ -247,15 +245,9 @@ class DrivingVectorEnv(VectorEnv):
 
     def _start_episodes(self, ids: np.ndarray) -> torch.Tensor:
         """Reset worlds ``ids`` into their current episode (from base seed and episode count)."""
-        seeds = [derive_seed(int(self.base_seeds[w]), int(self.episode_counts[w])) for w in ids]
+        seeds = [derive_episode_seeds(int(self.base_seeds[w]), [int(self.episode_counts[w])])[0] for w in ids]
         self.episode_seeds[ids] = seeds
         return self.backend.reset(seeds, world_ids=ids.tolist())
-
-
-def derive_seed(*parts: int) -> int:
-    """A non-negative int64 seed from non-negative integers (numpy's SeedSequence: well mixed, stable)."""
-    words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
-    return int(((int(words[0]) << 32) | int(words[1])) & MAX_EPISODE_SEED)
 
 
 def _numpy_observation(observation: torch.Tensor) -> np.ndarray:

@@ -42,8 +42,7 @@ def build_baseline(name: str, actions: ActionMapping = DRIVING_ACTIONS):
     if name == "expert":
         if actions.kind != "driving":
             raise ValueError("the expert drives only driving backends (env=sim, carla, http), not a gymnasium env")
-        from envs.driving import expert
+        from envs.driving.expert import ExpertDriver
 
-        return ControllerDriver(getattr(expert, "ExpertDriver", None)() if hasattr(expert, "ExpertDriver")
-                                else expert.route_follower)
+        return ControllerDriver(ExpertDriver())
     raise ValueError(f"unknown baseline {name!r}; choose from ['expert', 'random']")

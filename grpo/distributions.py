@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Beta, kl_divergence
 
+from envs.api import Backend
+
 ACTION_DIM = 2
 """Raw action dimensions: acceleration, steer."""
 
@@ -153,10 +155,9 @@ class ActionMapping:
 DRIVING_ACTIONS = ActionMapping()
 
 
-def action_mapping_for(backend) -> ActionMapping:
-    """The mapping a backend needs: ``box`` when it declares ``action_bounds`` (low, high), else driving."""
-    bounds = getattr(backend, "action_bounds", None)
-    if bounds is None:
+def action_mapping_for(backend: Backend) -> ActionMapping:
+    """The mapping a backend needs: driving for a driving backend, else ``box`` onto its spec's action bounds."""
+    spec = backend.spec
+    if spec.driving:
         return DRIVING_ACTIONS
-    low, high = bounds
-    return ActionMapping("box", tuple(float(v) for v in low), tuple(float(v) for v in high))
+    return ActionMapping("box", spec.action_low, spec.action_high)

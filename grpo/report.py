@@ -27,7 +27,9 @@ import numpy as np
 
 from envs.api import INFRACTIONS
 from envs.typed_config import from_dict
-from grpo.evaluation import EvalResult, Evaluation
+from grpo.checkpoint_eval import Evaluation
+from grpo.evaluation import EvalResult
+from grpo.pictures import write_gif
 
 DRIVER_COLOURS = {"policy": "tab:orange", "expert": "tab:green", "random": "tab:purple"}  # policy: the GIFs' ego colour
 OTHER_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
@@ -147,8 +149,6 @@ def _markdown(results: dict[str, EvalResult], context: dict[str, Any], title: st
 def write_gifs(results: dict[str, EvalResult], gif_dir: Path) -> list[Path]:
     """Every kept route's frames as a GIF at twice real time, holding the last frame for a second: the
     policy's as route_<seed>.gif, other drivers' as route_<seed>_<driver>.gif."""
-    from envs.sim.render import write_gif
-
     paths = []
     for driver, result in results.items():
         for seed, frames in result.frames.items():

@@ -20,9 +20,12 @@ import torch
 from torch import Tensor
 
 from envs.api import Backend, BackendError, ServiceFailure, Snapshot
-from envs.sim import rng
+from envs.seeding import mix
 from grpo.config import GRPOConfig
 from grpo.policy import CNNPolicy, EntityPolicy, HeldActions, MLPPolicy, decision_steps
+
+TRUNK_SEED_STREAM = 0x7A1
+"""Mixed with the run's seed and the episode's index into a trunk episode's seed (envs.seeding.mix)."""
 
 
 @dataclass
@@ -39,7 +42,8 @@ class BranchBatch:
     failed: Tensor  # [N] bool: the branch's service failed (its whole group is dropped)
     decided: Tensor  # [S, action_dim] bool: the action dimensions sampled afresh at each trained decision
     info: dict[str, Tensor] = field(default_factory=dict)  # per-branch summaries, [N]
-    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures
+    positions: Tensor | None = None  # [H + 1, G, 2] ego positions of trunk 0's branches, for pictures (a backend
+    # whose spec offers pictures)
     rasters: Tensor | None = None  # [S, N, C, P, P] uint8 bird's-eye rasters, for a policy that reads them
 
 
@@ -75,10 +79,9 @@ class BranchingRollout:
 
     def __init__(self, backend: Backend, policy: MLPPolicy | CNNPolicy | EntityPolicy, config: GRPOConfig, *,
                  seed: int, device: torch.device, generator: torch.Generator):
-        if policy.uses_raster and not callable(getattr(backend, "observe_raster", None)):
+        if policy.uses_raster and not backend.spec.rasters:
             raise BackendError(f"policy.kind={policy.config.kind} reads the bird's-eye raster, which this backend "
-                               f"({type(backend).__name__}) does not render: use env=sim with env.num_services=1, "
-                               "or policy=mlp")
+                               f"({backend.spec.kind}) does not render: use env=sim, or policy=mlp")
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
         self.capacity = backend.num_worlds
@@ -100,7 +103,7 @@ class BranchingRollout:
         """Fresh, reproducible episode seeds for ``count`` new trunk episodes (training seed range)."""
         index = torch.arange(self.episodes_started, self.episodes_started + count)
         self.episodes_started += count
-        return rng.mix(self.seed, index, 0x7A1).tolist()
+        return mix(self.seed, index, TRUNK_SEED_STREAM).tolist()
 
     def _new_episodes(self, count: int) -> Snapshot:
         parts = []
@@ -179,7 +182,7 @@ class BranchingRollout:
             starts = self.trunks.select(self.group_id[wave])
             obs = self._restore(starts, worlds)
             wave_done = self.trunk_done[self.group_id[wave]].clone()
-            recording = record_positions and wave_index == 0
+            recording = record_positions and wave_index == 0 and self.backend.spec.pictures
             wave_positions = [self._positions(config.group_size)] if recording else None
             columns: dict[str, list] = {key: [] for key in batch}
             held = HeldActions(self.policy)
@@ -278,12 +281,8 @@ class BranchingRollout:
         return self.backend.observe_raster(torch.arange(count)).to(self.device)
 
     def _positions(self, count: int) -> Tensor:
-        """Ego positions [count, 2] of worlds 0..count-1 where the backend exposes them (built-in simulator)."""
-        state = getattr(self.backend, "state", None)
-        if state is None:
-            return torch.zeros(count, 2)
-        ids = torch.arange(min(count, self.backend.num_worlds), device=state.floats.device)
-        return torch.stack([state.x[ids], state.y[ids]], dim=-1).cpu()
+        """Ego positions [count, 2] of worlds 0..count-1 (a backend with pictures)."""
+        return self.backend.positions(torch.arange(min(count, self.backend.num_worlds)))
 
     def state_dict(self) -> dict:
         trunks = self.trunks

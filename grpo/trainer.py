@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from envs.factory import build_backend
-from envs.sim import rng
+from envs.seeding import mix
 from envs.typed_config import ConfigError
 from grpo.advantages import group_advantages
 from grpo.checkpoint import (
@@ -46,6 +46,9 @@ from grpo.pretrain import warm_start
 from grpo.progress import Interrupted
 from grpo.rollout import BranchBatch, BranchingRollout, discounted_returns, select_branches
 from grpo.run_logger import RunLogger
+
+PRETRAIN_SEED_STREAM = 0xB0C
+"""Mixed with the run's seed and an index into the warm start's episode seeds (envs.seeding.mix)."""
 
 
 class TrainingError(RuntimeError):
@@ -79,9 +82,7 @@ def check_machine(config: TrainConfig) -> None:
     """What the config cannot check alone, checked before any work: the devices exist on this machine, and the
     checkpoint and log folders can be written (a read-only folder otherwise fails after minutes of training)."""
     devices = {"device": config.device}
-    env_device = getattr(config.env.backend_config, "device", None)
-    if env_device is not None:
-        devices["env.device"] = env_device
+    devices["env.device"] = config.env.backend_config.device
     for key, name in devices.items():
         try:
             device = torch.device(name)
@@ -204,7 +205,7 @@ class Trainer:
             return {}
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.config.seed + 3)
-        seeds = rng.mix(self.config.seed, torch.arange(1_000_000), 0xB0C).tolist()
+        seeds = mix(self.config.seed, torch.arange(1_000_000), PRETRAIN_SEED_STREAM).tolist()
         metrics = warm_start(self.policy, self.backend, config, seeds, generator,
                              report=lambda line: print(line, flush=True), should_stop=lambda: self.stop_requested)
         if self.reference is not None:
@@ -267,8 +268,7 @@ class Trainer:
         steps = (grpo.trunk_steps + grpo.branch_horizon * grpo.group_size) * grpo.num_trunks
         metrics["perf/env_steps_per_s"] = steps / max(timers["trunks"] + timers["branch"], 1e-9)
         metrics["perf/waves"] = float(self.rollout.num_waves)
-        metrics["services/restarts"] = float(getattr(self.backend, "restarts", 0))
-        metrics.update(self.backend.metrics() if hasattr(self.backend, "metrics") else {})  # CARLA: drift/*
+        metrics.update(self.backend.metrics())  # services/restarts; CARLA: restore errors and drift/*
         metrics["env_steps"] = float(self.rollout.env_steps)
         metrics.update({name: float(value) for name, value in self.counters.items()})
         if _due(self.iteration, self.config.logger.log_every):
@@ -356,7 +356,7 @@ class Trainer:
         """Periodic evaluation on the held-out routes (env=gym: evaluation episodes); best.pt follows its driving
         score (env=gym: its mean return)."""
         self.policy.eval()
-        in_place = self.backend if getattr(self.backend, "evaluates_in_place", False) else None  # CARLA's servers
+        in_place = self.backend if self.backend.spec.evaluates_in_place else None  # CARLA's servers
         result = evaluate_policy(self.policy, self.config.env, self.config.eval, self.device, backend=in_place)
         self.last_evaluation = result  # per-route records, for reports and benchmarks
         # best.pt follows the driving score; a gymnasium env (env=gym) has no route, so its episode return
@@ -385,7 +385,7 @@ class Trainer:
 
     def _log_group_picture(self, batch: BranchBatch, returns: Tensor) -> None:
         """The G branches of trunk 0 on one bird's-eye image, each labelled with its return."""
-        if batch.positions is None or not hasattr(self.backend, "bank"):
+        if batch.positions is None:  # not asked for, or a backend without pictures
             return
         from grpo.pictures import group_picture
 

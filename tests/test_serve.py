@@ -36,7 +36,7 @@ def test_serve_py_serves_the_configured_world():
         assert status == 200 and answer["observation"]["vehicle_state"]["speed"] == 0.0
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # its own process group, by its pid
-        process.wait(10)
+        process.wait(60)
     assert not process_alive(process.pid)
 
 

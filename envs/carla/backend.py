@@ -45,7 +45,10 @@ from envs.api import (
     ACTION_LOW,
     INFRACTIONS,
     OBSERVATION_LAYOUT,
+    RESTARTS_METRIC,
+    BackendBase,
     BackendError,
+    BackendSpec,
     ServiceFailure,
     Snapshot,
     StepResult,
@@ -76,8 +79,10 @@ INFO_BOOLS = (*INFRACTIONS, "route_completed", "lane_invasion", "outside_route_l
 STEP_FLOATS = ("outside_route_lanes_m", "traffic_speed")  # leaderboard 2.0 measurements of the step (envs.metrics)
 
 
-class CarlaBackend:
+class CarlaBackend(BackendBase):
     """CARLA servers as a backend (see the module docstring); ``num_worlds`` = servers = ``config.num_worlds``.
+    Its spec offers ``set_split`` and in-place evaluation (the trainer's evaluation reuses these servers instead of
+    opening second clients on them or launching more).
 
     ``servers`` may be given (a started :class:`~envs.carla.server.ServerManager`, e.g. shared by tests);
     otherwise they are launched from ``config.carla_root`` / $CARLA_ROOT or connected to at ``config.hosts``,
@@ -99,6 +104,8 @@ class CarlaBackend:
                                    "per server)")
         self._make_world = world_factory
         self.config = config
+        self.spec = BackendSpec(BACKEND_NAME, dt=config.dt, max_episode_steps=config.max_episode_steps, splits=True,
+                                evaluates_in_place=True)
         self.num_worlds = config.num_worlds
         self.device = torch.device(config.device)
         self.layout = OBSERVATION_LAYOUT
@@ -314,9 +321,6 @@ class CarlaBackend:
         if keep.any():
             self.restore(self.capture(src[keep].tolist()), dst[keep])
 
-    evaluates_in_place = True  # the trainer's periodic evaluation reuses these servers (set_split), instead of
-    # opening second clients on them or launching more
-
     def set_split(self, split: str) -> str:
         """Draw the routes of later resets from ``split`` ("train" or "eval"); returns the previous split. The
         evaluation switches the trainer's worlds to eval routes and back (between iterations every world is
@@ -356,8 +360,9 @@ class CarlaBackend:
     # --- drift ---
 
     def metrics(self) -> dict[str, float]:
-        """Numbers for the training log: server restarts and the last automatic drift measurement."""
-        out = {"carla/restarts": float(self.restarts)}
+        """Numbers for the training log: server restarts (also as RESTARTS_METRIC), the worst restore read-back
+        errors and the last automatic drift measurement."""
+        out = {RESTARTS_METRIC: float(self.restarts), "carla/restarts": float(self.restarts)}
         errors = [getattr(world, "restore_error", {}) for world in self.worlds]
         for name in ("ego_m", "actors_max_m", "ego_speed_ms"):
             values = [e[name] for e in errors if name in e and np.isfinite(e[name])]

@@ -20,6 +20,9 @@ state), serialise their ticks, and let a dead server hang the other. So each ser
   actor's position across servers is measured (:func:`envs.carla.drift.measure_server_drift`): the part of
   a GRPO group's spread that is not the policy's doing. :meth:`CarlaServiceBackend.metrics` returns it as
   ``drift/*`` for the training log.
+* **Evaluation in place.** The services' spec offers ``set_split`` and in-place evaluation, which
+  :class:`~envs.services.multi.MultiServiceBackend` forwards: the trainer's periodic evaluation switches every
+  service to evaluation routes and back instead of opening second clients on the servers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from envs.api import BackendError, ServiceFailure, Snapshot, WorldIds, as_world_ids
-from envs.services.multi import MultiServiceBackend
+from envs.services.multi import MultiServiceBackend, _serialised
 from envs.services.process import ProcessService
 
 LOGGER = logging.getLogger("envs.carla")
@@ -121,40 +124,25 @@ class CarlaServiceBackend(MultiServiceBackend):
             pass  # a service died while measuring: it has been restarted; the next check will tell
         MultiServiceBackend.restore(self, saved, everything)
 
-    evaluates_in_place = True  # the trainer's periodic evaluation reuses these servers (see set_split)
-
-    def set_split(self, split: str) -> str:
-        """Every service's later resets draw ``split``'s routes; returns the previous split."""
-        previous = []
-        for index in range(len(self.services)):
-            try:
-                previous.append(self.services[index].call("set_split", split))
-            except ServiceFailure:  # dead or hung: replaced (as a failed step does), then asked again
-                self._restart(index)
-                previous.append(self.services[index].call("set_split", split))
-        return previous[0]
-
+    @_serialised
     def metrics(self) -> dict[str, float]:
-        """Numbers for the training log (the trainer asks every iteration): server restarts inside services, the
-        worst restore read-back error over services, and the last drift between servers (``drift/*``). Also
-        refreshes the process groups each service's servers lead."""
+        """Numbers for the training log (the trainer asks every iteration): the services restarted, server restarts
+        inside services, the worst restore read-back error over services, and the last drift between servers
+        (``drift/*``). Also refreshes the process groups each service's servers lead (the servers a service runs
+        change when it restarts one: keep the list its parent would stop). A service found dead or hung here is
+        replaced on the spot, as after a failed step (its servers are reaped by the factory)."""
+        for index, groups in enumerate(self._call_every_service("process_groups")):
+            self._groups[index] = list(groups)
         out: dict[str, float] = {}
-        for index in range(len(self.services)):
-            try:
-                # the servers a service runs change when it restarts one: keep the list its parent would stop
-                self._groups[index] = list(self.services[index].call("process_groups"))
-                for key, value in self.services[index].call("metrics").items():
-                    if key.startswith("carla/restore_error/"):
-                        out[key] = max(out.get(key, 0.0), value)
-                    elif key == "carla/restarts":
-                        out["carla/server_restarts"] = out.get("carla/server_restarts", 0.0) + value
-            except ServiceFailure:
-                # Dead or hung: replace it now (a late answer must not be read as the next call's), as a failed
-                # step does; its servers are reaped by the factory.
-                self._restart(index)
+        for service_metrics in self._call_every_service("metrics"):
+            for key, value in service_metrics.items():
+                if key.startswith("carla/restore_error/"):
+                    out[key] = max(out.get(key, 0.0), value)
+                elif key == "carla/restarts":
+                    out["carla/server_restarts"] = out.get("carla/server_restarts", 0.0) + value
         if self.drift is not None:
             out.update(self.drift.summary())
-        return out
+        return {**super().metrics(), **out}
 
 
 def start_carla_services(flat: dict[str, Any], num_worlds: int, services) -> CarlaServiceBackend:

@@ -31,13 +31,19 @@ class ServiceHost:
         self.backend = build_local_backend(config, num_worlds=num_worlds)
 
     def describe(self) -> dict[str, Any]:
-        """What the parent needs to know: world count, observation size, action bounds, and the process groups
-        of servers this service launched (a CARLA service), so the parent can stop them if the service dies."""
-        bounds = getattr(self.backend, "action_bounds", None)
-        groups = getattr(self.backend, "process_groups", None)
+        """What the parent needs to know: world count, observation size, the backend's spec (what it is and which
+        optional calls it offers), and the process groups of servers this service launched (a CARLA service), so
+        the parent can stop them if the service dies. ``action_bounds`` (a Box backend's (low, high), else None)
+        repeats the spec's bounds for clients that predate the spec."""
+        spec = self.backend.spec
         return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size,
-                "action_bounds": None if bounds is None else [list(map(float, b)) for b in bounds],
-                "process_groups": [] if groups is None else [int(g) for g in groups()]}
+                "spec": spec.to_dict(),
+                "action_bounds": None if spec.driving else [list(spec.action_low), list(spec.action_high)],
+                "process_groups": self._process_groups()}
+
+    def _process_groups(self) -> list[int]:
+        groups = getattr(self.backend, "process_groups", None)  # CARLA's launched servers; a services detail
+        return [] if groups is None else [int(g) for g in groups()]
 
     def close(self) -> None:
         """Close the backend (a CARLA backend stops the servers it launched)."""
@@ -67,14 +73,16 @@ class ServiceHost:
             backend.clone(src, dst)
             return None
         if method == "process_groups":  # servers this service launched now (a restart inside it changes them)
-            groups = getattr(backend, "process_groups", None)
-            return [] if groups is None else [int(g) for g in groups()]
-        if method == "set_split":  # a CARLA service: later resets draw train or eval routes
+            return self._process_groups()
+        if method == "metrics":  # numbers for the training log (server restarts, restore errors)
+            return {k: float(v) for k, v in backend.metrics().items()}
+        # the optional calls the backend's spec offers (BackendBase raises NotOffered for the others)
+        if method == "observe_raster":
+            (ids,) = args
+            return backend.observe_raster(ids).cpu().numpy()
+        if method == "set_split":  # later resets draw train or eval routes (CARLA)
             (split,) = args
             return backend.set_split(split)
-        if method == "metrics":  # numbers for the training log (server restarts, restore errors), if any
-            metrics = getattr(backend, "metrics", None)
-            return {} if metrics is None else {k: float(v) for k, v in metrics().items()}
         raise ValueError(f"unknown service method {method!r}")
 
 

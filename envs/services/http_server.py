@@ -44,13 +44,16 @@ from typing import Annotated, Any, Literal
 
 import torch
 
-from envs.api import OBSERVATION_LAYOUT, BackendError, Snapshot, derive_episode_seeds
+from envs.api import OBSERVATION_LAYOUT, BackendError, NotOffered, Snapshot, derive_episode_seeds
 from envs.services.host import ServiceHost, result_to_wire
 from envs.services.http_client import LISTENING_LINE  # the first line printed; launchers read the URL from it
 from envs.services.wire import CONTENT_TYPE, WireError, decode, encode, snapshot_from_wire, snapshot_to_wire
 from envs.typed_config import ConfigError, from_dict
 
 SNAPSHOT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+SESSION_CALLS = ("ping", "reset", "observe", "clone", "metrics", "observe_raster", "set_split")
+"""Calls of a /v1 session run as the service host runs them (``envs.services.host``); the last three are the
+optional capabilities the session's spec (in its description) declares."""
 SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette", "pydantic")
 """What serving needs beyond the training install (the ``serve`` extra); imported only when a server starts."""
 
@@ -101,10 +104,6 @@ class UnknownSnapshot(BackendError):
 
 class UnknownSession(BackendError):
     """A session id the server does not hold (closed, evicted, or the server restarted)."""
-
-
-class NotOffered(BackendError):
-    """The served backend lacks a capability (rendering and vehicle lists need env=sim)."""
 
 
 class BodyLimit:
@@ -238,26 +237,18 @@ class WorldServer:
             raise BackendError("no episode yet: POST /reset first")
 
     def info(self) -> dict[str, Any]:
-        backend = self.backend
-        description = self.main.describe()
-        config = getattr(backend, "config", None)
-        return {"backend": self.backend_kind, **description,
-                "action_size": len(description["action_bounds"][0]) if description["action_bounds"] else 3,
-                "dt": getattr(config, "dt", getattr(config, "fixed_delta_seconds", None)),
-                "max_episode_steps": getattr(config, "max_episode_steps", None),
-                "renders": self._renders(), "seed": self.seed,
+        description, spec = self.main.describe(), self.backend.spec
+        return {"backend": self.backend_kind, **description, "action_size": spec.action_size, "dt": spec.dt,
+                "max_episode_steps": spec.max_episode_steps, "renders": self._renders(), "seed": self.seed,
                 "snapshot_store": {"max_snapshots": self.store.max_count, "max_bytes": self.store.max_bytes},
                 "sessions": {"open": len(self.sessions), "max": self.config.max_sessions}}
 
     def spec(self) -> dict[str, Any]:
-        description = self.main.describe()
-        bounds = description["action_bounds"]
-        if bounds is None:
-            action = {"names": ["throttle", "brake", "steer"], "low": [0.0, 0.0, -1.0], "high": [1.0, 1.0, 1.0]}
-        else:
-            action = {"names": [f"a{i}" for i in range(len(bounds[0]))], "low": bounds[0], "high": bounds[1]}
-        observation: dict[str, Any] = {"size": description["observation_size"]}
-        if description["observation_size"] == OBSERVATION_LAYOUT.size:
+        spec = self.backend.spec
+        names = ["throttle", "brake", "steer"] if spec.driving else [f"a{i}" for i in range(spec.action_size)]
+        action = {"names": names, "low": list(spec.action_low), "high": list(spec.action_high)}
+        observation: dict[str, Any] = {"size": self.backend.observation_size}
+        if self.backend.observation_size == OBSERVATION_LAYOUT.size:
             observation["slices"] = {k: [s.start, s.stop] for k, s in OBSERVATION_LAYOUT.slices.items()}
             observation["speed_scale"] = OBSERVATION_LAYOUT.speed_scale
             observation["distance_scale"] = OBSERVATION_LAYOUT.distance_scale
@@ -329,9 +320,7 @@ class WorldServer:
     def reset_worlds(self, seed: int | list[int], world_ids: list[int] | None) -> dict[str, Any]:
         with self.lock:
             ids = list(range(self.backend.num_worlds)) if world_ids is None else world_ids
-            seeds = derive_episode_seeds(seed, ids) if isinstance(seed, int) else seed
-            if len(seeds) != len(ids):
-                raise BackendError(f"{len(seeds)} seeds for {len(ids)} worlds: give one per world, or one int")
+            seeds = derive_episode_seeds(seed, ids)
             observations = self.backend.reset(seeds, ids)
             if 0 in ids:
                 self.status = {"episode_seed": seeds[ids.index(0)], "steps": 0, "return": 0.0, "terminated": False,
@@ -394,8 +383,7 @@ class WorldServer:
         with self.lock:
             self._need_episode()
             self._check_world(world)
-            sim = self._sim()
-            s = sim.state
+            s = self._sim_state()
             out = [{"id": "ego", "role": "ego", **_pose(s.x[world], s.y[world], s.yaw[world]),
                     "speed": float(s.speed[world])}]
             for slot in (s.traffic_lane[world] >= 0).nonzero().flatten().tolist():
@@ -412,24 +400,25 @@ class WorldServer:
     def render_png(self, world: int, size: int, metres: float) -> bytes:
         from PIL import Image
 
-        from envs.sim.render import render_birdseye
-
         with self.lock:
             self._need_episode()
             self._check_world(world)
-            image = render_birdseye(self._sim(), world, size=size, metres=metres)
+            if not self._renders():
+                raise NotOffered(f"the served backend ({self.backend_kind}) draws no bird's-eye view (its spec has "
+                                 "pictures=False); serve env=sim for it")
+            image = self.backend.render_birdseye(world, size=size, metres=metres)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         return buffer.getvalue()
 
     def _renders(self) -> bool:
-        return hasattr(self.backend, "bank") and hasattr(self.backend, "state")
+        return self.backend.spec.pictures
 
-    def _sim(self):
-        if not self._renders():
-            raise NotOffered(f"the served backend ({self.backend_kind}) offers no vehicle list or bird's-eye view; "
-                             "serve env=sim for those")
-        return self.backend
+    def _sim_state(self):
+        """The built-in simulator's world state, which the vehicle list and the seed's ``vehicle_state`` read."""
+        if self.backend_kind != "sim":
+            raise NotOffered(f"the served backend ({self.backend_kind}) offers no vehicle list; serve env=sim for it")
+        return self.backend.state
 
     def _check_world(self, world: int) -> None:
         if not 0 <= world < self.backend.num_worlds:
@@ -441,8 +430,8 @@ class WorldServer:
         backend exposes it, and the policy's observation ``vector``."""
         vector = vector.detach().cpu()
         vehicle_state: dict[str, Any] = {"position": None, "rotation": None, "velocity": None, "speed": None}
-        if self._renders():
-            s = self.backend.state
+        if self.backend_kind == "sim":
+            s = self._sim_state()
             speed, yaw = float(s.speed[world]), float(s.yaw[world])
             control = s.last_control[world].tolist()
             vehicle_state = {"position": {"x": float(s.x[world]), "y": float(s.y[world]), "z": 0.0},
@@ -498,11 +487,11 @@ class WorldServer:
                     (actions,) = args
                     result = result_to_wire(host.backend.step(torch.as_tensor(actions, device=host.backend.device)))
                     self.counters["env_steps"] += host.backend.num_worlds
-                elif method in ("ping", "reset", "observe", "clone"):
+                elif method in SESSION_CALLS:
                     result = host.handle(method, *args)
                 else:
-                    raise BackendError(f"unknown call {method!r}: one of ping, reset, step, observe, snapshot, "
-                                       "restore, clone")
+                    raise BackendError(f"unknown call {method!r}: one of step, snapshot, restore, "
+                                       f"{', '.join(SESSION_CALLS)}")
             except BackendError:
                 raise
             except (TypeError, ValueError, IndexError, RuntimeError) as error:  # arguments the backend cannot take

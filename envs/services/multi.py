@@ -20,12 +20,17 @@ console and in the run's log; stderr where logging is not configured). What the 
   has been restarted by then), and so does ``snapshot`` of a world whose service was restarted since it was
   last reset, restored or stepped.
 
-``restarts`` counts the service processes started to replace failed ones.
+``restarts`` counts the service processes started to replace failed ones; ``metrics()`` reports it.
+
+Capabilities. The backend's ``spec`` is its services' (each service's description carries its backend's spec),
+with the calls this layer forwards: ``observe_raster`` (rows gathered from every service, as ``observe``) and
+``set_split`` (sent to every service); pictures stay in the services' processes (``pictures=False`` here).
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import inspect
 import logging
@@ -38,15 +43,19 @@ import numpy as np
 import torch
 
 from envs.api import (
-    ACTION_SIZE,
+    RESTARTS_METRIC,
+    BackendBase,
     BackendError,
+    BackendSpec,
     ServiceFailure,
     Snapshot,
     StepResult,
     WorldIds,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     derive_episode_seeds,
+    restore_world_ids,
 )
 from envs.services.host import to_tensor
 
@@ -95,8 +104,19 @@ STARTUP_REPORT_S = 5.0
 actors on a busy cluster); a quick start stays silent."""
 
 
-class MultiServiceBackend:
-    """The backend contract over several services (processes or Ray actors)."""
+def service_spec(description: dict) -> BackendSpec:
+    """The spec in a service's description; for a service that predates specs (an older HTTP server), the one its
+    action bounds imply, with no optional capability."""
+    if "spec" in description:
+        return BackendSpec.from_dict(description["spec"])
+    bounds = description.get("action_bounds")
+    if bounds is None:
+        return BackendSpec("unknown")
+    return BackendSpec("unknown", action_low=bounds[0], action_high=bounds[1], driving=False)
+
+
+class MultiServiceBackend(BackendBase):
+    """The backend contract over several services (processes, Ray actors or HTTP sessions)."""
 
     def __init__(self, factory: ServiceFactory, worlds_per_service: list[int], *, call_timeout_s: float = 300.0,
                  hang_timeout_factor: float = 10.0, hang_timeout_min_s: float = 10.0, heartbeat_s: float = 2.0,
@@ -137,10 +157,7 @@ class MultiServiceBackend:
             self.close()
             raise
         self.observation_size = self.services[0].description["observation_size"]
-        bounds = self.services[0].description.get("action_bounds")
-        if bounds is not None:  # a backend acting in a Box (e.g. a gymnasium env): the policy must know it
-            self.action_bounds = tuple(bounds)
-        self.action_size = ACTION_SIZE if bounds is None else len(bounds[0])
+        self.spec = dataclasses.replace(service_spec(self.services[0].description), pictures=False)
         if heartbeat_s > 0:
             self._heartbeat = threading.Thread(target=self._beat, name="service-heartbeat", daemon=True)
             self._heartbeat.start()
@@ -291,23 +308,33 @@ class MultiServiceBackend:
             out[positions] = rows
         return out
 
+    def _call_every_service(self, method: str, *args) -> list:
+        """``method(*args)`` on every service (in parallel), in service order. A service that fails is restarted
+        (worlds reset, as after a failed step) and asked again."""
+        requests = {index: args for index in range(len(self.services))}
+        answers, failures = self._exchange(method, requests)
+        for _ in range(START_ATTEMPTS):  # a replacement may itself be killed before it answers
+            if not failures:
+                break
+            again, failures = self._exchange(method, {index: args for index in failures})
+            answers.update(again)
+        if failures:
+            raise next(iter(failures.values()))
+        return [answers[index] for index in range(len(self.services))]
+
     # --- the contract ------------------------------------------------------------------------------------------
 
     @_serialised
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds)
-        seeds = derive_episode_seeds(seed, ids.tolist()) if isinstance(seed, int) else [int(s) for s in seed]
-        if len(seeds) != len(ids):
-            raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per world "
-                               "or a single int")
-        seed_tensor = torch.tensor(seeds, dtype=torch.long)
+        seed_tensor = torch.tensor(derive_episode_seeds(seed, ids), dtype=torch.long)
         out = self._gather("reset", ids, lambda pos, local: (seed_tensor[pos].tolist(), local.tolist()), retry=True)
         self._lost[ids] = False
         return out
 
     @_serialised
     def step(self, actions: torch.Tensor) -> StepResult:
-        check_actions(actions, self.num_worlds, self.action_size)
+        check_actions(actions, self.num_worlds, self.spec.action_size)
         actions = actions.detach().cpu().numpy()
         starts = self._starts
         answers, failures = self._exchange(
@@ -377,12 +404,7 @@ class MultiServiceBackend:
 
     @_serialised
     def restore(self, snapshot: Snapshot, world_ids: WorldIds = None) -> torch.Tensor:
-        if world_ids is None:
-            world_ids = range(snapshot.num_worlds)
-        ids = as_world_ids(world_ids, self.num_worlds)
-        if len(ids) != snapshot.num_worlds:
-            raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were given; "
-                               "pass one target world per snapshot world")
+        ids = restore_world_ids(snapshot, world_ids, self.num_worlds)
         snapshot.validate()  # a malformed snapshot is refused here, before any service's worlds change
         out = self._gather("restore", ids, lambda pos, local: (snapshot.select(pos).to_bytes(), local.tolist()),
                            retry=True)
@@ -391,10 +413,7 @@ class MultiServiceBackend:
 
     @_serialised
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
-        src = as_world_ids(src_ids, self.num_worlds)
-        dst = as_world_ids(dst_ids, self.num_worlds)
-        if src.shape != dst.shape:
-            raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+        src, dst = clone_world_ids(src_ids, dst_ids, self.num_worlds)
         same = self._service_of[src] == self._service_of[dst]
         requests = {}
         for service in torch.unique(self._service_of[src[same]]).tolist():
@@ -406,6 +425,26 @@ class MultiServiceBackend:
                 raise next(iter(failures.values()))
         if (~same).any():  # across services: a snapshot travels as bytes
             self.restore(self.snapshot(src[~same]), dst[~same])
+
+    # --- optional capabilities, forwarded (see the module docstring) ----------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        """:data:`~envs.api.RESTARTS_METRIC`: the services restarted after a failure so far."""
+        return {RESTARTS_METRIC: float(self.restarts)}
+
+    @_serialised
+    def observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:
+        if not self.spec.rasters:
+            raise self._not_offered("rasters", "observe_raster")
+        ids = as_world_ids(world_ids, self.num_worlds)
+        return self._gather("observe_raster", ids, lambda pos, local: (local.tolist(),), retry=False)
+
+    @_serialised
+    def set_split(self, split: str) -> str:
+        """Every service's later resets draw ``split``'s routes; returns the previous split."""
+        if not self.spec.splits:
+            raise self._not_offered("splits", "set_split")
+        return self._call_every_service("set_split", split)[0]
 
     def close(self) -> None:
         """Stop the heartbeat, then every service by its own process id (or actor handle)."""

@@ -1,4 +1,6 @@
-"""Bird's-eye RGB images of the built-in simulator, for people: evaluation GIFs and dashboard images.
+"""Bird's-eye RGB images of the built-in simulator, for people: evaluation GIFs, trajectory maps and dashboard
+images. :class:`~envs.sim.world.DrivingSim` offers them as the contract's picture capabilities (``render_birdseye``,
+``route_map``), so the algorithm never imports this module.
 
 Not an observation: policies see the privileged vector of envs.api (or a raster built for them); these
 images only have to be readable. The town raster is cropped with numpy (nearest-neighbour, one lookup per
@@ -20,18 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from envs.api import BackendError
+from envs.api import BackendError, MapView
 from envs.driving.lights import GREEN, YELLOW
 from envs.sim.town import RASTER_CLEARANCE, RASTER_DRIVABLE, RASTER_JUNCTION, RASTER_MARKING, Town
-from envs.sim.world import DrivingSim
 
 Color = tuple[int, int, int] | tuple[int, int, int, int]
+DrivingSim = Any
+"""An envs.sim.world.DrivingSim: not imported, because the simulator imports this module to draw itself."""
 
 BACKGROUND_COLOR = (104, 120, 96)  # off-road: green-grey
 PAVEMENT_COLOR = (168, 166, 156)  # kerb/pavement (clearance but not drivable)
@@ -290,6 +293,24 @@ def world_layers(sim: DrivingSim, world_id: int) -> tuple[list[dict], list[tuple
     return actors, lights
 
 
+def route_map(sim: DrivingSim, world_id: int, margin_m: float = 25.0) -> MapView:
+    """The town raster around world ``world_id``'s route (its bounding box plus ``margin_m``), in the renderer's
+    colours, with the route's centre line every metre."""
+    town, route = sim.town(world_id), _route_ahead(sim, world_id, from_start=True)
+    res, (origin_x, origin_y) = town.raster_resolution, town.raster_origin
+    low, high = route.min(0) - margin_m, route.max(0) + margin_m
+    col0, col1 = math.floor((low[0] - origin_x) / res), math.ceil((high[0] - origin_x) / res)
+    row0, row1 = math.floor((low[1] - origin_y) / res), math.ceil((high[1] - origin_y) / res)
+    height, width = town.raster.shape
+    bits = np.zeros((row1 - row0, col1 - col0), dtype=town.raster.dtype)  # outside the raster: off-road
+    r0, r1, c0, c1 = max(row0, 0), min(row1, height), max(col0, 0), min(col1, width)
+    if r0 < r1 and c0 < c1:
+        bits[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = town.raster[r0:r1, c0:c1]
+    image = RASTER_PALETTE[bits][::-1].copy()  # raster row 0 is the south edge; images put north up
+    extent = (origin_x + col0 * res, origin_x + col1 * res, origin_y + row0 * res, origin_y + row1 * res)
+    return MapView(image, extent, route, int(town.seed))
+
+
 def render_town(town: Town, size: int = 512) -> np.ndarray:
     """The whole town, north up, as RGB [size, size, 3] uint8 (the raster downsampled to fit, padded with
     off-road colour), with traffic-light stop points as small amber dots. For docs and debugging."""
@@ -303,27 +324,3 @@ def render_town(town: Town, size: int = 512) -> np.ndarray:
     for px, py in view.to_pixels(town.light_stop_point):
         draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=TOWN_LIGHT_COLOR)
     return np.asarray(image, dtype=np.uint8).copy()
-
-
-def write_gif(frames: list[np.ndarray], path: str | Path, fps: int = 10) -> Path:
-    """Write RGB frames [H, W, 3] uint8 as a GIF that loops forever, creating parent folders.
-
-    Each frame gets its own adaptive palette (Pillow's GIF optimiser). Pillow merges identical consecutive
-    frames into one longer frame, so the file can hold fewer frames than given; playback time is kept.
-    """
-    if not frames:
-        raise ValueError("write_gif needs at least one frame")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    shape = np.asarray(frames[0]).shape
-    if len(shape) != 3 or shape[2] != 3:
-        raise ValueError(f"frames must be RGB arrays [H, W, 3], got shape {shape}")
-    for index, frame in enumerate(frames):
-        if np.asarray(frame).shape != shape:
-            raise ValueError(f"frame {index} has shape {np.asarray(frame).shape}, frame 0 has {shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(20, round(1000 / fps)), loop=0, optimize=True)
-    return path

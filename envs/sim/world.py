@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from envs.api import (
@@ -24,12 +25,18 @@ from envs.api import (
     ACTION_LOW,
     INFRACTIONS,
     OBSERVATION_LAYOUT,
+    BackendBase,
     BackendError,
+    BackendSpec,
+    MapView,
     Snapshot,
     StepResult,
     WorldIds,
     as_world_ids,
     check_actions,
+    clone_world_ids,
+    derive_episode_seeds,
+    restore_world_ids,
 )
 from envs.driving.expert import ExpertDriver
 from envs.driving.lights import RED
@@ -118,13 +125,17 @@ def town_factory(config: SimConfig):
     raise ValueError(f"env.map must be 'procedural', 'straight' or 'junction', got {kind!r}")
 
 
-class DrivingSim:
-    """The built-in batched driving simulator. See the module docstring and envs.api for the contract."""
+class DrivingSim(BackendBase):
+    """The built-in batched driving simulator. See the module docstring and envs.api for the contract; its spec
+    offers the bird's-eye raster observation (``observe_raster``) and pictures (``positions``, ``render_birdseye``,
+    ``route_map``, drawn by envs.sim.render)."""
 
     backend_name = "sim"
 
     def __init__(self, config: SimConfig):
         self.config = config
+        self.spec = BackendSpec(self.backend_name, dt=config.dt, max_episode_steps=config.max_episode_steps,
+                                rasters=True, pictures=True)
         self.num_worlds = config.num_worlds
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -162,14 +173,9 @@ class DrivingSim:
         return self.bank.towns[int(self.state.town_slot[world_id])]
 
     def episode_seeds(self, seed: int | Sequence[int], ids: torch.Tensor) -> torch.Tensor:
-        """Per-world episode seeds: derived from (seed, world id), or given one per world."""
-        if isinstance(seed, int):
-            return rng.mix(seed & 0xFFFFFFFF, seed >> 32, ids.cpu())
-        seeds = torch.as_tensor(list(seed), dtype=torch.long)
-        if len(seeds) != len(ids):
-            raise BackendError(f"reset got {len(seeds)} episode seeds for {len(ids)} worlds; give one per "
-                               "world or a single int")
-        return seeds
+        """Per-world episode seeds (long, on the CPU): derived from (seed, world id), or given one per world
+        (:func:`envs.api.derive_episode_seeds`)."""
+        return torch.tensor(derive_episode_seeds(seed, ids), dtype=torch.long)
 
     def reset(self, seed: int | Sequence[int], world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds, self.device)
@@ -510,6 +516,23 @@ class DrivingSim:
         points, headings, _ = self.bank.route_geometry(s.town_slot, lanes, cum, arc)
         return raster.draw(self.bank, self.config.lights, s, raster.widen(points, headings))
 
+    # --- pictures for people (envs.sim.render) ----------------------------------------------------------
+
+    def positions(self, world_ids: WorldIds = None) -> torch.Tensor:
+        ids = as_world_ids(world_ids, self.num_worlds, self.device)
+        return torch.stack([self.state.x[ids], self.state.y[ids]], dim=-1).float().cpu()
+
+    def render_birdseye(self, world_id: int, *, size: int = 256, metres: float = 60.0,
+                        trajectories: Sequence[tuple[np.ndarray, tuple[int, ...]]] = ()) -> np.ndarray:
+        from envs.sim.render import render_birdseye  # PIL only where pictures are drawn
+
+        return render_birdseye(self, world_id, size=size, metres=metres, extra_trajectories=list(trajectories))
+
+    def route_map(self, world_id: int, margin_m: float = 25.0) -> MapView:
+        from envs.sim.render import route_map
+
+        return route_map(self, world_id, margin_m)
+
     # --- snapshots --------------------------------------------------------------------------------------
 
     def snapshot(self, world_ids: WorldIds = None) -> Snapshot:
@@ -526,12 +549,7 @@ class DrivingSim:
                 f"this {self.backend_name!r} simulator (signature {self.signature}): it was taken with another "
                 "map or town configuration (or other dt, traffic, pedestrian or light settings); restore it into "
                 "a simulator built with the same env config")
-        if world_ids is None:
-            world_ids = range(snapshot.num_worlds)
-        ids = as_world_ids(world_ids, self.num_worlds, self.device)
-        if len(ids) != snapshot.num_worlds:
-            raise BackendError(f"snapshot holds {snapshot.num_worlds} worlds but {len(ids)} world ids were "
-                               "given; pass one target world per snapshot world")
+        ids = restore_world_ids(snapshot, world_ids, self.num_worlds, self.device)
         # Every check before the first write: a refused snapshot leaves the worlds as they were.
         snapshot.check_fields(self.backend_name, self.signature, {
             "floats": (self.state.floats.dtype, tuple(self.state.floats.shape[1:])),
@@ -551,10 +569,7 @@ class DrivingSim:
                                "observing it); the worlds were left as they were") from error
 
     def clone(self, src_ids: WorldIds, dst_ids: WorldIds) -> None:
-        src = as_world_ids(src_ids, self.num_worlds, self.device)
-        dst = as_world_ids(dst_ids, self.num_worlds, self.device)
-        if src.shape != dst.shape:
-            raise BackendError(f"clone needs as many sources as destinations, got {len(src)} and {len(dst)}")
+        src, dst = clone_world_ids(src_ids, dst_ids, self.num_worlds, self.device)
         self.state.copy_rows(src, dst)
         self._has_reset[dst] = self._has_reset[src]
 

@@ -5,11 +5,17 @@ import torch
 
 from envs.api import (
     OBSERVATION_LAYOUT,
+    RESTARTS_METRIC,
+    BackendBase,
     BackendError,
+    BackendSpec,
+    NotOffered,
     Snapshot,
     as_world_ids,
     check_actions,
+    clone_world_ids,
     frame_snapshot_payload,
+    restore_world_ids,
 )
 
 
@@ -162,3 +168,42 @@ def test_a_nan_snapshot_is_refused_before_any_world_changes():
     after = sim.snapshot()
     assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
     sim.step(torch.zeros(2, 3))  # the worlds still step
+
+
+def test_a_spec_travels_as_plain_values_and_ignores_keys_it_does_not_know():
+    spec = BackendSpec("gym", dt=None, max_episode_steps=200, action_low=[-2], action_high=[2], driving=False)
+    assert spec.action_low == (-2.0,) and spec.action_size == 1
+    data = spec.to_dict()
+    assert data["action_low"] == [-2.0] and BackendSpec.from_dict(data) == spec
+    assert BackendSpec.from_dict({**data, "holograms": True}) == spec  # a newer service's capability
+    assert BackendSpec("sim").action_size == 3 and BackendSpec("sim").driving  # CARLA's control by default
+    with pytest.raises(ValueError, match="one bound per action value"):
+        BackendSpec("gym", action_low=(0.0, 0.0), action_high=(1.0,))
+    with pytest.raises(ValueError, match="evaluates in place must offer set_split"):
+        BackendSpec("carla", evaluates_in_place=True)
+
+
+def test_capabilities_a_backend_does_not_declare_are_refused_by_name():
+    class Plain(BackendBase):
+        spec = BackendSpec("plain")
+
+    backend = Plain()
+    assert backend.metrics() == {RESTARTS_METRIC: 0.0}  # every backend reports its restarts
+    with pytest.raises(NotOffered, match=r"Plain \(plain\) does not offer observe_raster \(its spec has rasters=False"):
+        backend.observe_raster()
+    for call in (lambda: backend.set_split("eval"), backend.positions, lambda: backend.render_birdseye(0),
+                 lambda: backend.route_map(0)):
+        with pytest.raises(NotOffered):
+            call()
+
+
+def test_restore_and_clone_world_ids_are_checked_in_one_place():
+    snapshot = make_snapshot()  # 3 worlds
+    assert restore_world_ids(snapshot, None, 5).tolist() == [0, 1, 2]
+    assert restore_world_ids(snapshot, [4, 0, 2], 5).tolist() == [4, 0, 2]
+    with pytest.raises(BackendError, match="snapshot holds 3 worlds but 2 world ids were given"):
+        restore_world_ids(snapshot, [0, 1], 5)
+    src, dst = clone_world_ids([0, 0], torch.tensor([1, 2]), 3)
+    assert src.tolist() == [0, 0] and dst.tolist() == [1, 2]
+    with pytest.raises(BackendError, match="as many sources as destinations, got 1 and 2"):
+        clone_world_ids([0], [1, 2], 3)

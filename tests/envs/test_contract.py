@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from envs.contract import ContractError, check_snapshot_contract
+from envs.api import BackendBase, BackendSpec, NotOffered
+from envs.contract import ContractError, check_capabilities, check_snapshot_contract
 from envs.gym_backend import GymBackend, GymConfig
 from envs.sim.config import PedestrianConfig, SimConfig
 from envs.sim.towngen import TownConfig
@@ -26,6 +27,34 @@ BACKENDS = {
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_snapshot_contract(name):
     check_snapshot_contract(BACKENDS[name], seed=3)
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_the_spec_tells_the_truth(name):
+    check_capabilities(BACKENDS[name]())
+
+
+def test_checker_catches_an_undeclared_capability():
+    class Quiet(DrivingSim):
+        def __init__(self, config):
+            super().__init__(config)
+            self.spec = BackendSpec("sim")  # observe_raster works, but the spec hides it
+
+    with pytest.raises(ContractError, match="observe_raster.*rasters=False"):
+        check_capabilities(Quiet(SimConfig(num_worlds=2, map="straight", num_towns=2, **EMPTY_WORLD)))
+
+    class Boastful(BackendBase):  # declares rasters it cannot draw
+        spec = BackendSpec("boast", rasters=True)
+        num_worlds, device = 1, torch.device("cpu")
+
+        def reset(self, seed, world_ids=None):
+            return torch.zeros(1, 4)
+
+        def step(self, actions):
+            return None
+
+    with pytest.raises(NotOffered, match="does not offer observe_raster"):
+        check_capabilities(Boastful())
 
 
 class ForgetfulSim(DrivingSim):

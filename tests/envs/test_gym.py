@@ -1,5 +1,6 @@
 """Gymnasium adapters: API conformance (check_env), registration, seeding, vector stepping and autoreset."""
 
+import dataclasses
 import warnings
 
 import gymnasium
@@ -9,17 +10,23 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-from envs.api import OBSERVATION_LAYOUT, BackendError
-from envs.gym import ENV_ID, DrivingEnv, DrivingVectorEnv, derive_seed, register_envs
+from envs.api import OBSERVATION_LAYOUT, BackendError, derive_episode_seeds
+from envs.gym import ENV_ID, DrivingEnv, DrivingVectorEnv, register_envs
 
 STRAIGHT = {"map": "straight", "num_towns": 2}
 
 
+def derive_seed(seed: int, index: int) -> int:
+    return derive_episode_seeds(seed, [index])[0]
+
+
 class ForeignBackend:
-    """A backend that is not the built-in simulator (delegates to one) and counts close() calls."""
+    """A backend that is not the built-in simulator (delegates to one, but declares no pictures) and counts
+    close() calls."""
 
     def __init__(self, sim):
         self._sim = sim
+        self.spec = dataclasses.replace(sim.spec, kind="foreign", pictures=False)
         self.closed = 0
 
     def __getattr__(self, name):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributions import Beta
 
+from envs.api import BackendSpec
 from grpo.distributions import RAW_EPS, BetaActions, raw_to_control
 
 ALPHA = torch.tensor([[2.5, 1.5], [1.2, 4.0]], dtype=torch.float64)
@@ -167,8 +168,10 @@ def test_box_action_mapping():
     with pytest.raises(ValueError, match="high > low"):
         ActionMapping("box", (1.0,), (1.0,))
 
-    class BoxBackend:
-        action_bounds = ([-1.0], [1.0])
+    class Backend:
+        def __init__(self, spec: BackendSpec):
+            self.spec = spec
 
-    assert action_mapping_for(BoxBackend()).kind == "box"
-    assert action_mapping_for(object()).kind == "driving"  # driving backends declare nothing
+    box = action_mapping_for(Backend(BackendSpec("gym", action_low=(-1.0,), action_high=(1.0,), driving=False)))
+    assert (box.kind, box.low, box.high) == ("box", (-1.0,), (1.0,))
+    assert action_mapping_for(Backend(BackendSpec("sim"))).kind == "driving"

@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from envs.api import INFRACTIONS
+from envs.api import INFRACTIONS, MapView
 from envs.factory import EnvConfig
+from grpo.checkpoint_eval import Evaluation
 from grpo.config import EvalConfig
-from grpo.evaluation import EvalResult, Evaluation, MapView, aggregate
+from grpo.eval_metrics import aggregate
+from grpo.evaluation import EvalResult
 from grpo.report import infraction_table, log_to_run, summary_table, write_report
 
 

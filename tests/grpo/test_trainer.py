@@ -13,11 +13,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from envs.api import BackendError
 from envs.factory import env_config_from_dict
 from envs.typed_config import ConfigError
 from grpo.checkpoint import load_checkpoint
 from grpo.config import EvalConfig, train_config_from_dict
 from grpo.evaluation import evaluate_policy
+from grpo.rollout import BranchingRollout
 from grpo.trainer import Trainer, TrainingError
 from tests.processes import process_alive
 
@@ -233,11 +235,19 @@ def test_a_real_iteration_of_every_policy_kind(tmp_path, kind):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters(), strict=True))
 
 
-def test_a_raster_policy_needs_a_backend_that_renders_rasters(tmp_path):
-    config = quiet_config(tmp_path, policy={"kind": "cnn", "hidden_sizes": [8], "raster_size": 16},
-                          env={"raster_size": 16, "num_services": 2})
-    with pytest.raises(Exception, match="bird's-eye raster"):
-        Trainer(config)
+def test_a_raster_policy_trains_over_services_and_needs_a_backend_that_renders_rasters(tmp_path):
+    config = quiet_config(tmp_path, policy={"kind": "cnn", "hidden_sizes": [8], "raster_size": 16,
+                                            "conv_channels": [4, 4, 4]},
+                          grpo={"iterations": 1, "beta": 0.0}, env={"raster_size": 16, "num_services": 2})
+    trainer = Trainer(config)  # the services forward the simulator's rasters (their spec says rasters=True)
+    assert trainer.backend.spec.rasters and trainer.train()["updates/applied"] > 0
+    from envs.gym_backend import GymBackend, GymConfig
+
+    gym = GymBackend(GymConfig(num_worlds=16))
+    with pytest.raises(BackendError, match="bird's-eye raster, which this backend \\(gym\\) does not render"):
+        BranchingRollout(gym, trainer.policy, config.grpo, seed=0, device=torch.device("cpu"),
+                         generator=torch.Generator())
+    gym.close()
 
 
 def _children(pid: int) -> list[int]:
@@ -287,19 +297,20 @@ def test_ctrl_c_during_grpo_saves_last_pt_and_prints_the_resume_command(tmp_path
     assert "run_name=stop" in command and "env.num_services=2" in command
     state = load_checkpoint(tmp_path / "ckpt" / "stop" / "last.pt")
     assert state["iteration"] >= 1  # stopped after a whole iteration, not inside one
-    deadline = time.time() + 10
-    while any(process_alive(child) for child in children) and time.time() < deadline:
+    deadline = time.monotonic() + 60  # the fork server leaves once its parent is gone: at once, or seconds if busy
+    while any(process_alive(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [child for child in children if process_alive(child)], "no service process outlives the trainer"
 
 
 def test_ctrl_c_during_the_warm_start_stops_within_a_step(tmp_path):
     process = _train_until(tmp_path, "pretrain: cloning the expert", "pretrain.demo_steps=100000")
-    start = time.time()
+    start = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130 and "interrupted during the warm start" in stderr, stderr[-2000:]
-    assert time.time() - start < 30 and "Traceback" not in stderr
+    # within a step, not after the 100,000 demonstration steps (minutes); generous for a busy machine
+    assert time.monotonic() - start < 120 and "Traceback" not in stderr
     assert not (tmp_path / "ckpt" / "stop" / "last.pt").exists()
 
 

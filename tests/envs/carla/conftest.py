@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import stat
 import sys
 import textwrap
@@ -148,6 +149,16 @@ def stand_in_root(tmp_path, monkeypatch):
     return root
 
 
+def free_port_base() -> int:
+    """A first port for a test's stand-in servers: one the kernel has just found free in its ephemeral range. Test
+    runs on one machine (other checkouts, at once) then search from different ports instead of racing for the
+    same fixed ones (each checks a port is free, then its server binds it a moment later). Leaves room above it
+    for the RPC ports of a few servers and, 1000 higher, their traffic-manager ports."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return min(probe.getsockname()[1], 63000)
+
+
 def process_exists(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone)."""
     try:
@@ -157,7 +168,7 @@ def process_exists(pid: int) -> bool:
         return False
 
 
-def wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
+def wait_gone(pid: int, timeout_s: float = 60.0) -> bool:
     import time
 
     end = time.monotonic() + timeout_s

@@ -12,7 +12,7 @@ from envs.api import BackendError, ServiceFailure, Snapshot
 from envs.carla.backend import CarlaBackend, DriftReport, actor_positions, derive_episode_seeds, measure_drift
 from envs.carla.config import CarlaConfig, CarlaTrafficConfig
 from envs.carla.state import ActorStates
-from envs.contract import check_snapshot_contract
+from envs.contract import check_capabilities, check_snapshot_contract
 from tests.envs.carla.stand_ins import FakeServers, FakeWorld
 
 
@@ -24,6 +24,10 @@ def make_backend(num_worlds=4, **overrides):
 
 def test_the_backend_meets_the_snapshot_contract_exactly_on_exact_worlds():
     check_snapshot_contract(make_backend, seed=3)
+
+
+def test_the_spec_tells_the_truth():
+    check_capabilities(make_backend(num_worlds=2))  # splits and in-place evaluation; no rasters, no pictures
 
 
 def test_reset_step_and_info():
@@ -206,7 +210,7 @@ def test_evaluation_reuses_the_backend_on_eval_routes_and_hands_it_back():
 
     backend = CarlaBackend(CarlaConfig(num_worlds=2, drift_check_every=0, traffic=CarlaTrafficConfig(num_vehicles=2)),
                            servers=FakeServers(2), world_factory=Recording)
-    assert backend.evaluates_in_place
+    assert backend.spec.evaluates_in_place and backend.spec.splits and backend.spec.dt == 0.05
 
     from grpo.baselines import ControllerDriver
 

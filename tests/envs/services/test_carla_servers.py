@@ -10,7 +10,7 @@ import torch
 
 from envs.factory import build_backend, env_config_from_dict
 from envs.services.carla_servers import PORT_BLOCKS, service_env_config
-from tests.envs.carla.conftest import process_exists, stand_in_root, wait_gone  # noqa: F401 (a fixture)
+from tests.envs.carla.conftest import free_port_base, process_exists, stand_in_root, wait_gone  # noqa: F401 (a fixture)
 
 pytest.importorskip("carla")  # the service's health check is a real CARLA client
 
@@ -21,8 +21,10 @@ def parent_of(pid: int) -> int:
 
 
 def carla_services(root, tmp_path, num_services=2):
+    base = free_port_base()  # not the default 2000: another test run on this machine may be using those now
     return build_backend(env_config_from_dict({
         "backend": "carla", "num_services": num_services, "worlds_per_service": 1, "carla_root": str(root),
+        "port": base, "traffic_manager_port": base + 1000,
         "log_dir": str(tmp_path / "servers"), "world_class": "tests.envs.carla.stand_ins:FakeWorld",
         "drift_check_every": 0, "start_timeout_s": 30.0, "traffic": {"num_vehicles": 2}}), num_worlds=num_services)
 
@@ -55,6 +57,10 @@ def test_two_carla_worlds_never_share_a_process(stand_in_root, tmp_path):  # noq
         assert torch.equal(observation[0], backend.observe([0])[0])
         metrics = backend.metrics()  # asks every service, and refreshes the server groups it would stop
         assert metrics["carla/server_restarts"] == 0.0 and backend._groups == {0: servers[0], 1: servers[1]}
+        assert metrics["services/restarts"] == 0.0
+        # the services' spec is forwarded: evaluation switches every service to eval routes and back, in place
+        assert backend.spec.evaluates_in_place and backend.spec.dt == 0.05
+        assert backend.set_split("eval") == "train" and backend.set_split("train") == "eval"
     finally:
         backend.close()
     assert all(wait_gone(server) for (server,) in servers) and all(wait_gone(pid) for pid in services)
@@ -79,6 +85,9 @@ def test_a_killed_service_leaves_no_server_behind(stand_in_root, tmp_path):  # n
         os.kill(second_victim, signal.SIGKILL)
         backend.metrics()
         assert backend.restarts == 2 and backend.pids[1] != second_victim and wait_gone(second_orphan)
+        # its world was reset by the restart: the next step reports it failed (its group is dropped), as after a
+        # restart the heartbeat makes, and the one after drives on
+        assert backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].tolist() == [False, True]
         assert not backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].any()
         (second_fresh,) = backend.services[1].description["process_groups"]
     finally:

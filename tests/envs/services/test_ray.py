@@ -1,11 +1,13 @@
 """env.launcher=ray: services as Ray actors on a local Ray with two CPUs, bound to the loopback address."""
 
 import os
+import time
 
 import pytest
 import torch
 
 from envs.factory import build_backend, env_config_from_dict
+from tests.processes import process_alive
 
 ray = pytest.importorskip("ray")
 
@@ -29,9 +31,21 @@ def local_ray():
     ray.shutdown()
 
 
+def kill(backend, index: int) -> None:
+    """Kill service ``index``'s actor and wait until its process is gone: ray.kill only asks Ray to, and a call sent
+    before the kill lands (a busy machine) would still be answered by the dying actor."""
+    pid = backend.services[index].pid
+    ray.kill(backend.services[index].actor)
+    deadline = time.monotonic() + 120
+    while process_alive(pid):
+        assert time.monotonic() < deadline, f"actor process {pid} still runs 120 s after ray.kill"
+        time.sleep(0.05)
+
+
 def test_ray_services_branch_across_actors(local_ray):
-    config = env_config_from_dict({"map": "straight", "num_towns": 2, "num_services": 2, "launcher": "ray",
-                                   "ray_cpus_per_service": 0.5})
+    config = env_config_from_dict({"map": "straight", "num_services": 2, "launcher": "ray", "ray_cpus_per_service": 0.5,
+                                   "num_towns": 2, "start_timeout_s": 600.0})  # a fresh actor imports torch: slow
+    # on a busy machine
     backend = build_backend(config, num_worlds=4)
     try:
         assert len(set(backend.pids)) == 2  # two actor processes
@@ -43,12 +57,12 @@ def test_ray_services_branch_across_actors(local_ray):
         for _ in range(5):
             result = backend.step(forward)
         assert torch.equal(result.observation[0], result.observation[3])
-        ray.kill(backend.services[0].actor)  # a dead actor is restarted and its worlds reported
+        kill(backend, 0)  # a dead actor is restarted and its worlds reported
         result = backend.step(forward)
         assert result.info["service_failed"].tolist() == [True, True, False, False]
         assert backend.restarts == 1
         expected = backend.reset(5)
-        ray.kill(backend.services[1].actor)  # killed while idle: the next reset is retried on a new actor
+        kill(backend, 1)  # killed while idle: the next reset is retried on a new actor
         assert torch.equal(backend.reset(5), expected)
         assert backend.restarts == 2
     finally:

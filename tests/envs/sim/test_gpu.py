@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from envs.contract import check_snapshot_contract
+from envs.contract import check_capabilities, check_snapshot_contract
 from envs.driving.expert import ExpertDriver, route_follower
 from envs.sim.config import LightConfig, PedestrianConfig, SimConfig, TrafficConfig
 from envs.sim.traffic import traffic_overlaps
@@ -18,6 +18,15 @@ EMPTY = {"traffic": TrafficConfig(num_vehicles=0), "pedestrians": PedestrianConf
 
 def test_snapshot_contract_on_cuda():
     check_snapshot_contract(lambda: DrivingSim(SimConfig(num_worlds=8, num_towns=2, device="cuda")), seed=1)
+
+
+def test_the_spec_tells_the_truth_on_cuda():
+    # rasters and pictures drawn from worlds on the device; episode seeds derived from world ids on the device
+    sim = DrivingSim(SimConfig(num_worlds=4, num_towns=2, device="cuda"))
+    check_capabilities(sim)
+    cpu = DrivingSim(SimConfig(num_worlds=4, num_towns=2))
+    cpu.reset(0)
+    assert sim.state.episode_seed.cpu().tolist() == cpu.state.episode_seed.tolist()
 
 
 def test_busy_snapshot_contract_on_cuda():

@@ -1,10 +1,9 @@
-"""Bird's-eye rendering: image format, what is drawn where, and GIF writing."""
+"""Bird's-eye rendering: image format, what is drawn where, and the map around a route."""
 
 import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from envs.api import BackendError
 from envs.sim.render import (
@@ -15,7 +14,6 @@ from envs.sim.render import (
     ROAD_COLOR,
     render_birdseye,
     render_town,
-    write_gif,
 )
 
 SIZE, METRES = 128, 40.0
@@ -116,25 +114,15 @@ def test_render_town_shows_the_whole_map(sim):
     assert has_colour(image, ROAD_COLOR) and has_colour(image, BACKGROUND_COLOR)
 
 
-def test_gif_round_trip(sim, tmp_path):
-    frames = []
-    for _ in range(4):
-        sim.state.x[0] += 3.0  # move the ego so every frame differs (Pillow merges identical frames)
-        frames.append(render_birdseye(sim, 0, size=64, metres=METRES))
-    path = write_gif(frames, tmp_path / "nested" / "episode.gif", fps=5)
-    assert path.exists()
-    with Image.open(path) as gif:
-        assert gif.n_frames == 4
-        assert gif.info["loop"] == 0
-        assert gif.info["duration"] == 200
-        assert gif.size == (64, 64)
-
-
-def test_gif_needs_frames_of_one_shape(tmp_path):
-    with pytest.raises(ValueError, match="at least one frame"):
-        write_gif([], tmp_path / "empty.gif")
-    with pytest.raises(ValueError, match="shape"):
-        write_gif([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], tmp_path / "bad.gif")
+def test_route_map_covers_the_route_with_a_margin(sim):
+    view = sim.route_map(1, margin_m=10.0)  # the picture capability, as evaluation calls it
+    x_min, x_max, y_min, y_max = view.extent
+    start, goal = view.route[0], view.route[-1]
+    assert np.allclose(start, sim.positions([1])[0].numpy(), atol=1e-4)  # the route starts at the ego's reset pose
+    assert x_min <= min(start[0], goal[0]) - 10.0 and x_max >= max(start[0], goal[0]) + 10.0
+    assert y_min <= start[1] - 10.0 and y_max >= start[1] + 10.0
+    assert view.image.dtype == np.uint8 and has_colour(view.image, ROAD_COLOR)
+    assert view.town_seed == int(sim.town(1).seed)
 
 
 def test_the_worlds_traffic_pedestrians_and_lights_are_drawn():
