@@ -118,6 +118,9 @@ class CarlaConfig:
     collision_repeat_s: float = 1.0  # contacts with the same actor closer than this in time count once
     reward: RewardConfig = field(default_factory=RewardConfig)
     traffic: CarlaTrafficConfig = field(default_factory=CarlaTrafficConfig)
+    # --- bird's-eye raster (observe_raster, for policy=cnn; drawn from the map and the world state) ---
+    raster_size: int = 64  # pixels per side (as the built-in simulator's env.raster_size)
+    raster_metres: float = 48.0  # metres per side; the ego sits at the centre, facing up
     # --- drift of restores ---
     drift_check_steps: int = 20  # k: steps replayed when measuring restore drift
     drift_check_every: int = 100  # snapshot calls between automatic drift measurements (logged, and in
@@ -198,6 +201,9 @@ class CarlaConfig:
                              f"{list(INFRACTIONS)}")
         if self.collision_repeat_s < 0:
             raise ValueError(f"env.collision_repeat_s must be >= 0, got {self.collision_repeat_s}")
+        if self.raster_size < 8 or self.raster_metres <= 0:
+            raise ValueError(f"env.raster_size must be >= 8 and env.raster_metres > 0, got {self.raster_size}, "
+                             f"{self.raster_metres}")
         if self.drift_check_steps < 1 or self.drift_check_every < 0:
             raise ValueError("env.drift_check_steps must be >= 1 and env.drift_check_every >= 0 (0 = never)")
 

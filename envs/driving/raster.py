@@ -42,7 +42,7 @@ class EgoFrame:
     whose coordinates reach kilometres)."""
 
     def __init__(self, size: int, metres: float, device: torch.device, dtype: torch.dtype = torch.float32):
-        self.size, self.metres = size, metres
+        self.size, self.metres, self.dtype = size, metres, dtype
         self.cell = metres / size
         centres = (torch.arange(size, device=device, dtype=dtype) + 0.5 - size / 2) * self.cell
         forward = -centres[:, None].expand(size, size)  # row 0 is ahead
@@ -136,11 +136,12 @@ def light_shades(states: torch.Tensor) -> torch.Tensor:
     return sum((states == value).to(torch.uint8) * shade for value, shade in LIGHT_VALUES.items())
 
 
-def disc_cells(centres: np.ndarray, radius: float, origin, resolution: float) -> tuple[np.ndarray, np.ndarray]:
+def disc_cells(centres: np.ndarray, radius, origin, resolution: float) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of every cell of a world grid (cell (i, j) covers x from ``origin[0] + j * resolution`` and
-    y from ``origin[1] + i * resolution``) whose centre lies within ``radius`` of any of ``centres`` [n, 2]; a
-    cell near several centres appears once per centre. Unbounded: rows and cols may fall outside a grid."""
-    reach = int(np.ceil(radius / resolution)) + 1
+    y from ``origin[1] + i * resolution``) whose centre lies within ``radius`` (one float, or one per centre
+    [n]) of any of ``centres`` [n, 2]; a cell near several centres appears once per centre. Unbounded: rows
+    and cols may fall outside a grid."""
+    reach = int(np.ceil(np.max(radius) / resolution)) + 1
     offsets = np.arange(-reach, reach + 1)
     col0 = np.floor((centres[:, 0] - origin[0]) / resolution).astype(np.int64)
     row0 = np.floor((centres[:, 1] - origin[1]) / resolution).astype(np.int64)
@@ -149,7 +150,8 @@ def disc_cells(centres: np.ndarray, radius: float, origin, resolution: float) ->
     cols = np.broadcast_to(col0[:, None, None] + offsets[None, None, :], shape)
     cell_x = origin[0] + (cols + 0.5) * resolution
     cell_y = origin[1] + (rows + 0.5) * resolution
-    inside = (cell_x - centres[:, 0, None, None]) ** 2 + (cell_y - centres[:, 1, None, None]) ** 2 <= radius**2
+    squared = radius**2 if np.ndim(radius) == 0 else np.asarray(radius)[:, None, None] ** 2
+    inside = (cell_x - centres[:, 0, None, None]) ** 2 + (cell_y - centres[:, 1, None, None]) ** 2 <= squared
     return rows[inside], cols[inside]
 
 

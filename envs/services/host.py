@@ -31,12 +31,14 @@ class ServiceHost:
         self.backend = build_local_backend(config, num_worlds=num_worlds)
 
     def describe(self) -> dict[str, Any]:
-        """What the parent needs to know: world count, observation size, action bounds, and the process groups
-        of servers this service launched (a CARLA service), so the parent can stop them if the service dies."""
+        """What the parent needs to know: world count, observation size, action bounds, whether the backend
+        draws bird's-eye rasters (``observe_raster``), and the process groups of servers this service launched
+        (a CARLA service), so the parent can stop them if the service dies."""
         bounds = getattr(self.backend, "action_bounds", None)
         groups = getattr(self.backend, "process_groups", None)
         return {"num_worlds": self.backend.num_worlds, "observation_size": self.backend.observation_size,
                 "action_bounds": None if bounds is None else [list(map(float, b)) for b in bounds],
+                "renders_raster": callable(getattr(self.backend, "observe_raster", None)),
                 "process_groups": [] if groups is None else [int(g) for g in groups()]}
 
     def close(self) -> None:
@@ -56,6 +58,9 @@ class ServiceHost:
         if method == "observe":
             (ids,) = args
             return backend.observe(ids).cpu().numpy()
+        if method == "observe_raster":  # uint8 [len(ids), C, S, S]; only where describe() says it renders them
+            (ids,) = args
+            return backend.observe_raster(ids).cpu().numpy()
         if method == "snapshot":
             (ids,) = args
             return backend.snapshot(ids).to_bytes()

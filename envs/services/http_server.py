@@ -498,11 +498,11 @@ class WorldServer:
                     (actions,) = args
                     result = result_to_wire(host.backend.step(torch.as_tensor(actions, device=host.backend.device)))
                     self.counters["env_steps"] += host.backend.num_worlds
-                elif method in ("ping", "reset", "observe", "clone"):
+                elif method in ("ping", "reset", "observe", "observe_raster", "clone"):
                     result = host.handle(method, *args)
                 else:
-                    raise BackendError(f"unknown call {method!r}: one of ping, reset, step, observe, snapshot, "
-                                       "restore, clone")
+                    raise BackendError(f"unknown call {method!r}: one of ping, reset, step, observe, observe_raster, "
+                                       "snapshot, restore, clone")
             except BackendError:
                 raise
             except (TypeError, ValueError, IndexError, RuntimeError) as error:  # arguments the backend cannot take

@@ -16,9 +16,12 @@ console and in the run's log; stderr where logging is not configured). What the 
 * ``step``: the worlds of a service that failed, or that was restarted while idle, report
   ``info["service_failed"] = True``, reward 0 and ``terminated`` True for that step, so the rollout drops the
   groups they belonged to (it counts them) and training goes on.
-* ``snapshot``, ``observe`` and ``clone`` need the lost state: they raise :class:`ServiceFailure` (the service
-  has been restarted by then), and so does ``snapshot`` of a world whose service was restarted since it was
-  last reset, restored or stepped.
+* ``snapshot``, ``observe``, ``observe_raster`` and ``clone`` need the lost state: they raise
+  :class:`ServiceFailure` (the service has been restarted by then), and so does ``snapshot`` of a world whose
+  service was restarted since it was last reset, restored or stepped.
+
+``observe_raster`` (bird's-eye rasters for CNN policies) exists only when the services' backend draws them
+(their ``describe()`` says so): the simulator and CARLA do, a gymnasium env does not.
 
 ``restarts`` counts the service processes started to replace failed ones.
 """
@@ -141,6 +144,8 @@ class MultiServiceBackend:
         if bounds is not None:  # a backend acting in a Box (e.g. a gymnasium env): the policy must know it
             self.action_bounds = tuple(bounds)
         self.action_size = ACTION_SIZE if bounds is None else len(bounds[0])
+        if self.services[0].description.get("renders_raster"):  # the capability is there only if the services'
+            self.observe_raster = self._observe_raster  # backend has it (a raster policy checks for it)
         if heartbeat_s > 0:
             self._heartbeat = threading.Thread(target=self._beat, name="service-heartbeat", daemon=True)
             self._heartbeat.start()
@@ -356,6 +361,13 @@ class MultiServiceBackend:
     def observe(self, world_ids: WorldIds = None) -> torch.Tensor:
         ids = as_world_ids(world_ids, self.num_worlds)
         return self._gather("observe", ids, lambda pos, local: (local.tolist(),), retry=False)
+
+    @_serialised
+    def _observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """Bird's-eye rasters [len(world_ids), C, S, S] uint8 from the services holding the worlds; offered as
+        ``observe_raster`` when the services' backend draws them."""
+        ids = as_world_ids(world_ids, self.num_worlds)
+        return self._gather("observe_raster", ids, lambda pos, local: (local.tolist(),), retry=False)
 
     @_serialised
     def snapshot(self, world_ids: WorldIds = None) -> Snapshot:

@@ -234,8 +234,14 @@ def test_a_real_iteration_of_every_policy_kind(tmp_path, kind):
 
 
 def test_a_raster_policy_needs_a_backend_that_renders_rasters(tmp_path):
-    config = quiet_config(tmp_path, policy={"kind": "cnn", "hidden_sizes": [8], "raster_size": 16},
-                          env={"raster_size": 16, "num_services": 2})
+    # A gymnasium env draws no rasters (the simulator and CARLA do, in process or over services).
+    config = train_config_from_dict({
+        "run_name": "t", "env": {"backend": "gym", "id": "Pendulum-v1"},
+        "grpo": {"iterations": 1, "num_trunks": 2, "group_size": 2, "branch_horizon": 4, "num_minibatches": 1},
+        "policy": {"kind": "cnn", "hidden_sizes": [8], "raster_size": 16, "action_repeat": 1},
+        "pretrain": {"updates": 0}, "eval": {"every": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
+        "logger": {"log_dir": str(tmp_path / "runs"), "tensorboard": False, "wandb": {"mode": "disabled"},
+                   "picture_every": 0, "progress_bar": False}})
     with pytest.raises(Exception, match="bird's-eye raster"):
         Trainer(config)
 

@@ -53,6 +53,9 @@ def test_two_carla_worlds_never_share_a_process(stand_in_root, tmp_path):  # noq
         snapshot = backend.snapshot([0])
         observation = backend.restore(snapshot, [1])  # across processes, as bytes
         assert torch.equal(observation[0], backend.observe([0])[0])
+        raster = backend.observe_raster()  # drawn in each service from its world's state, sent back as arrays
+        assert raster.shape == (2, 6, 64, 64) and raster.dtype == torch.uint8 and raster[:, 0].any()
+        assert torch.equal(raster[0], raster[1])  # world 1 now holds world 0's state
         metrics = backend.metrics()  # asks every service, and refreshes the server groups it would stop
         assert metrics["carla/server_restarts"] == 0.0 and backend._groups == {0: servers[0], 1: servers[1]}
     finally:
