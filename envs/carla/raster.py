@@ -72,14 +72,21 @@ class TiledGrid:
         self._frozen = None
 
     def _write(self, rows: np.ndarray, cols: np.ndarray, value: int, combine: str) -> None:
+        if not len(rows):
+            return
         size = self.tile
-        keys = np.stack([rows // size, cols // size], axis=1)
-        unique, group = np.unique(keys, axis=0, return_inverse=True)
-        order = np.argsort(group.reshape(-1), kind="stable")
-        bounds = np.searchsorted(group.reshape(-1)[order], np.arange(len(unique) + 1))
-        for number, (tile_row, tile_col) in enumerate(unique):
+        tile_rows, tile_cols = rows // size, cols // size
+        first_row, first_col = tile_rows.min(), tile_cols.min()
+        span = tile_cols.max() - first_col + 1
+        group = (tile_rows - first_row) * span + (tile_cols - first_col)  # the cells' tiles, numbered from 0
+        if group.max() < 1 << 16:  # small keys sort by radix, in linear time (a chunk touches a few tiles)
+            group = group.astype(np.uint16)
+        order = np.argsort(group, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(group))])
+        for number in np.flatnonzero(np.diff(bounds)):
             members = order[bounds[number]:bounds[number + 1]]
-            tile = self.tiles.setdefault((int(tile_row), int(tile_col)), np.zeros((size, size), dtype=self.dtype))
+            key = (int(first_row + number // span), int(first_col + number % span))
+            tile = self.tiles.setdefault(key, np.zeros((size, size), dtype=self.dtype))
             r, c = rows[members] % size, cols[members] % size
             if combine == "or":
                 tile[r, c] |= value
