@@ -147,8 +147,8 @@ class CarlaServiceBackend(MultiServiceBackend):
         for index in range(len(self.services)):
             try:
                 previous.append(self.services[index].call("set_split", split))
-            except ServiceFailure:  # dead or hung: replaced (as a failed step does), then asked again
-                self._restart(index)
+            except ServiceFailure as failure:  # dead or hung: replaced (as a failed step does), then asked again
+                self._restart(index, failure, "set_split")
                 previous.append(self.services[index].call("set_split", split))
         return previous[0]
 
@@ -166,10 +166,10 @@ class CarlaServiceBackend(MultiServiceBackend):
                         out[key] = max(out.get(key, 0.0), value)
                     elif key == "carla/restarts":
                         out["carla/server_restarts"] = out.get("carla/server_restarts", 0.0) + value
-            except ServiceFailure:
+            except ServiceFailure as failure:
                 # Dead or hung: replace it now (a late answer must not be read as the next call's), as a failed
                 # step does; its servers are reaped by the factory.
-                self._restart(index)
+                self._restart(index, failure, "metrics")
         if self.drift is not None:
             out.update(self.drift.summary())
         return out

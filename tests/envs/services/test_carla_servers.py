@@ -100,6 +100,8 @@ def test_a_killed_service_leaves_no_server_behind(stand_in_root, tmp_path):  # n
         os.kill(second_victim, signal.SIGKILL)
         backend.metrics()
         assert backend.restarts == 2 and backend.pids[1] != second_victim and wait_gone(second_orphan)
+        # its world lost its episode: the next step reports it once (as any restart between calls), then all is well
+        assert backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].tolist() == [False, True]
         assert not backend.step(torch.tensor([[1.0, 0.0, 0.0]] * 2)).info["service_failed"].any()
         (second_fresh,) = backend.services[1].description["process_groups"]
     finally:
