@@ -81,7 +81,7 @@ class BranchingRollout:
                  seed: int, device: torch.device, generator: torch.Generator):
         if policy.uses_raster and not backend.spec.rasters:
             raise BackendError(f"policy.kind={policy.config.kind} reads the bird's-eye raster, which this backend "
-                               f"({backend.spec.kind}) does not render: use env=sim, or policy=mlp")
+                               f"({backend.spec.kind}) does not render: use env=sim or env=carla, or policy=mlp")
         self.backend, self.policy, self.config = backend, policy, config
         self.device, self.generator, self.seed = device, generator, seed
         self.capacity = backend.num_worlds

@@ -10,7 +10,8 @@ Several worlds in one backend remain possible with stand-in worlds (tests), wher
 at once (one thread per world).
 
 * ``reset`` / ``step`` / ``observe``: the shared observation layout, reward and infractions (see
-  :mod:`envs.carla.state`); ended worlds are not ticked and stay frozen.
+  :mod:`envs.carla.state`); ended worlds are not ticked and stay frozen. ``observe_raster``: the simulator's
+  bird's-eye raster, drawn from the map and the world state (:mod:`envs.carla.raster`), for CNN policies.
 * ``snapshot``: the last state read from each server, as plain tensors (:func:`envs.carla.state.pack_snapshot`),
   so it is free and travels as bytes. ``restore`` puts it onto any server running the same map, matching
   actors by role name (:meth:`envs.carla.world.CarlaWorld.restore`). ``clone`` is snapshot + restore.
@@ -58,6 +59,7 @@ from envs.api import (
     derive_episode_seeds,
 )
 from envs.carla.config import CarlaConfig
+from envs.carla.raster import draw_rasters
 from envs.carla.server import ServerManager
 from envs.carla.state import (
     STATE_VERSION,
@@ -71,6 +73,7 @@ from envs.carla.state import (
     vehicle_keys,
     walker_keys,
 )
+from envs.driving.raster import EgoFrame
 
 BACKEND_NAME = "carla"
 LOGGER = logging.getLogger("envs.carla")
@@ -104,8 +107,8 @@ class CarlaBackend(BackendBase):
                                    "per server)")
         self._make_world = world_factory
         self.config = config
-        self.spec = BackendSpec(BACKEND_NAME, dt=config.dt, max_episode_steps=config.max_episode_steps, splits=True,
-                                evaluates_in_place=True)
+        self.spec = BackendSpec(BACKEND_NAME, dt=config.dt, max_episode_steps=config.max_episode_steps, rasters=True,
+                                splits=True, evaluates_in_place=True)
         self.num_worlds = config.num_worlds
         self.device = torch.device(config.device)
         self.layout = OBSERVATION_LAYOUT
@@ -113,6 +116,7 @@ class CarlaBackend(BackendBase):
         self.restarts = 0
         self.drift: DriftReport | None = None
         self._snapshots_taken = 0
+        self._raster_frame: EgoFrame | None = None  # made on the first observe_raster
         self._low = np.array(ACTION_LOW)
         self._high = np.array(ACTION_HIGH)
         self._owns_servers = servers is None
@@ -281,6 +285,18 @@ class CarlaBackend(BackendBase):
         views = [observation_view(self.layout, self.worlds[w].actors, self.worlds[w].episode, self._route(w))
                  for w in ids]
         return build_observations(self.layout, views).to(self.device)
+
+    def observe_raster(self, world_ids: WorldIds = None) -> torch.Tensor:
+        """The bird's-eye raster observation [len(world_ids), 6, S, S] uint8 (S = ``env.raster_size``) of the
+        simulator's layout, drawn from the map and each world's last read state (envs.carla.raster): no server
+        call, so a restored world shows the raster of the state it was restored to."""
+        ids = as_world_ids(world_ids, self.num_worlds).tolist()
+        self._require_episodes(ids)
+        if self._raster_frame is None:
+            self._raster_frame = EgoFrame(self.config.raster_size, self.config.raster_metres, torch.device("cpu"),
+                                          torch.float64)  # float64: map coordinates reach kilometres
+        worlds = [(self.worlds[w].actors, self._route(w), self.worlds[w].episode.route_s) for w in ids]
+        return draw_rasters(self._raster_frame, self.town.raster, worlds).to(self.device)
 
     def snapshot(self, world_ids: WorldIds = None) -> Snapshot:
         ids = as_world_ids(world_ids, self.num_worlds).tolist()

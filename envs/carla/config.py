@@ -72,8 +72,11 @@ class CarlaConfig:
     carla_root: str | None = None  # folder holding CarlaUE4.sh (CARLA 0.9.16); null = $CARLA_ROOT
     hosts: list[str] = field(default_factory=list)  # "host:port" of running servers to use instead of
     # launching; one per world
-    gpus: list[int] = field(default_factory=list)  # graphics adapters assigned round-robin to launched servers
-    # (-graphicsadapter=G); empty = the server's default
+    gpus: list[int] = field(default_factory=list)  # CUDA device ids (as torch numbers them here, after
+    # CUDA_VISIBLE_DEVICES) that launched servers take round-robin; each is mapped to its graphics adapter
+    # (-graphicsadapter) by PCI bus id through nvidia-smi (envs.carla.gpus); empty = the server's default
+    graphics_adapters: list[int] = field(default_factory=list)  # -graphicsadapter values given explicitly, used
+    # round-robin instead of mapping env.gpus (where the graphics adapters do not follow PCI bus order); empty = map
     port: int = 2000  # first RPC port tried for launched servers; each uses rpc, rpc+1 (streaming), rpc+2
     # (secondary); ports in use are skipped
     port_stride: int = 4  # distance between the RPC ports of consecutive servers (>= 3)
@@ -118,6 +121,9 @@ class CarlaConfig:
     collision_repeat_s: float = 1.0  # contacts with the same actor closer than this in time count once
     reward: RewardConfig = field(default_factory=RewardConfig)
     traffic: CarlaTrafficConfig = field(default_factory=CarlaTrafficConfig)
+    # --- bird's-eye raster (observe_raster, for policy=cnn; drawn from the map and the world state) ---
+    raster_size: int = 64  # pixels per side (as the built-in simulator's env.raster_size)
+    raster_metres: float = 48.0  # metres per side; the ego sits at the centre, facing up
     # --- drift of restores ---
     drift_check_steps: int = 20  # k: steps replayed when measuring restore drift
     drift_check_every: int = 100  # snapshot calls between automatic drift measurements (logged, and in
@@ -142,9 +148,14 @@ class CarlaConfig:
                              "not both")
         for host in self.hosts:
             parse_host(host)
-        for gpu in self.gpus:
-            if gpu < 0:
-                raise ValueError(f"env.gpus must hold graphics adapter indices >= 0, got {list(self.gpus)}")
+        if any(gpu < 0 for gpu in self.gpus):
+            raise ValueError(f"env.gpus must hold CUDA device ids >= 0, got {list(self.gpus)}")
+        if any(adapter < 0 for adapter in self.graphics_adapters):
+            raise ValueError(f"env.graphics_adapters must hold adapter indices >= 0, got "
+                             f"{list(self.graphics_adapters)}")
+        if self.gpus and self.graphics_adapters and len(self.gpus) != len(self.graphics_adapters):
+            raise ValueError(f"env.graphics_adapters={list(self.graphics_adapters)} must give one adapter per entry of "
+                             f"env.gpus={list(self.gpus)} (or leave env.gpus empty)")
         if not 1024 <= self.port <= MAX_PORT - 2:
             raise ValueError(f"env.port must lie in [1024, {MAX_PORT - 2}] (it uses port, port+1, port+2), "
                              f"got {self.port}")
@@ -198,6 +209,9 @@ class CarlaConfig:
                              f"{list(INFRACTIONS)}")
         if self.collision_repeat_s < 0:
             raise ValueError(f"env.collision_repeat_s must be >= 0, got {self.collision_repeat_s}")
+        if self.raster_size < 8 or self.raster_metres <= 0:
+            raise ValueError(f"env.raster_size must be >= 8 and env.raster_metres > 0, got {self.raster_size}, "
+                             f"{self.raster_metres}")
         if self.drift_check_steps < 1 or self.drift_check_every < 0:
             raise ValueError("env.drift_check_steps must be >= 1 and env.drift_check_every >= 0 (0 = never)")
 

@@ -167,8 +167,9 @@ def polyline_yaw(points: np.ndarray) -> np.ndarray:
 class LaneGraph:
     """A lattice of lane samples built from ``carla_map.get_topology()`` (see the module docstring).
 
-    Node arrays: ``xyz`` [N, 3], ``yaw`` [N] (degrees), ``road`` / ``lane`` [N] ids, ``junction`` [N] bool,
-    ``segment`` [N]. ``successors[n]`` lists (next node, cost in metres, is a lane change)."""
+    Node arrays: ``xyz`` [N, 3], ``yaw`` [N] (degrees), ``width`` [N] (the lane's width, m), ``road`` / ``lane``
+    [N] ids, ``junction`` [N] bool, ``segment`` [N]. ``successors[n]`` lists (next node, cost in metres, is a
+    lane change)."""
 
     def __init__(self, carla_map, resolution: float = 2.0, lane_change_cost_m: float = 10.0):
         import carla
@@ -190,7 +191,7 @@ class LaneGraph:
             key = _key(waypoint)
             if key not in starts and waypoint.lane_type == carla.LaneType.Driving:
                 starts[key] = _walk(waypoint, key, resolution, "previous")[-1]
-        xyz, yaw, road, lane, junction, segment = [], [], [], [], [], []
+        xyz, yaw, width, road, lane, junction, segment = [], [], [], [], [], [], []
         self.segment_keys = sorted(starts)
         self.segment_nodes: dict[tuple[int, int, int], np.ndarray] = {}
         waypoints = []
@@ -202,6 +203,7 @@ class LaneGraph:
                 location, rotation = w.transform.location, w.transform.rotation
                 xyz.append((location.x, location.y, location.z))
                 yaw.append(rotation.yaw)
+                width.append(w.lane_width)
                 road.append(w.road_id)
                 lane.append(w.lane_id)
                 junction.append(w.is_junction)
@@ -210,6 +212,7 @@ class LaneGraph:
             self.segment_nodes[key] = np.arange(first, len(xyz))
         self.xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         self.yaw = np.asarray(yaw, dtype=np.float64)
+        self.width = np.asarray(width, dtype=np.float64)
         self.road = np.asarray(road, dtype=np.int64)
         self.lane = np.asarray(lane, dtype=np.int64)
         self.junction = np.asarray(junction, dtype=bool)

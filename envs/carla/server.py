@@ -3,7 +3,8 @@
 A launched server is ``CarlaUE4.sh -RenderOffScreen -nosound -carla-rpc-port=P -carla-streaming-port=P+1
 -carla-secondary-port=P+2 [-graphicsadapter=G] <server_args>``, started with ``start_new_session=True`` so it
 leads its own process group: ``CarlaUE4.sh`` runs the real ``CarlaUE4-Linux-Shipping`` binary as a child,
-and stopping the group (SIGTERM, wait, SIGKILL) ends both. Nothing is ever killed by name.
+and stopping the group (SIGTERM, wait, SIGKILL) ends both. Nothing is ever killed by name. ``G`` is the graphics
+adapter of a CUDA device id of ``env.gpus`` (:mod:`envs.carla.gpus`), or one of ``env.graphics_adapters``.
 
 Ports: each server needs its RPC port P and P+1 (streaming), P+2 (secondary server), and this process needs
 one traffic-manager port per server (the traffic manager runs in the client). :func:`allocate_ports` picks
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from envs.api import BackendError
 from envs.carla.config import CarlaConfig, parse_host
+from envs.carla.gpus import graphics_adapters
 
 EXECUTABLE = "CarlaUE4.sh"
 BASE_ARGS = ("-RenderOffScreen", "-nosound")
@@ -151,20 +153,20 @@ def release_ports(ports: ServerPorts) -> None:
 
 # --- command line and health -----------------------------------------------------------------------------------
 
-def server_command(executable: str | os.PathLike, ports: ServerPorts, gpu: int | None = None,
+def server_command(executable: str | os.PathLike, ports: ServerPorts, adapter: int | None = None,
                    extra_args: Sequence[str] = ()) -> list[str]:
     """The command line of one launched server."""
     command = [str(executable), *BASE_ARGS, f"-carla-rpc-port={ports.rpc}", f"-carla-streaming-port={ports.streaming}",
                f"-carla-secondary-port={ports.secondary}"]
-    if gpu is not None:
-        command.append(f"-graphicsadapter={gpu}")
+    if adapter is not None:
+        command.append(f"-graphicsadapter={adapter}")
     command.extend(extra_args)
     return command
 
 
-def gpu_for(index: int, gpus: Sequence[int]) -> int | None:
+def adapter_for(index: int, adapters: Sequence[int]) -> int | None:
     """Round-robin graphics adapter of server ``index``; None when no adapters are configured."""
-    return int(gpus[index % len(gpus)]) if gpus else None
+    return int(adapters[index % len(adapters)]) if adapters else None
 
 
 def carla_health_check(host: str, port: int, timeout_s: float) -> str:
@@ -204,9 +206,9 @@ class CarlaServer:
     """One CARLA server: launched (``executable`` given; tracked by pid and process group) or external."""
 
     def __init__(self, index: int, host: str, ports: ServerPorts, *, executable: str | os.PathLike | None = None,
-                 gpu: int | None = None, extra_args: Sequence[str] = (), log_dir: str | os.PathLike | None = None,
+                 adapter: int | None = None, extra_args: Sequence[str] = (), log_dir: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None):
-        self.index, self.host, self.ports, self.gpu = index, host, ports, gpu
+        self.index, self.host, self.ports, self.adapter = index, host, ports, adapter
         self.executable = executable
         self.extra_args = tuple(extra_args)
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -231,7 +233,7 @@ class CarlaServer:
     def command(self) -> list[str]:
         if self.executable is None:
             raise ServerStartError(f"server {self.index} at {self.address} is external: it has no command")
-        return server_command(self.executable, self.ports, self.gpu, self.extra_args)
+        return server_command(self.executable, self.ports, self.adapter, self.extra_args)
 
     def start(self) -> CarlaServer:
         """Launch the process (a no-op for an external server)."""
@@ -346,11 +348,11 @@ def stop_process_group(pgid: int, timeout_s: float = 10.0) -> None:
 # --- many servers ----------------------------------------------------------------------------------------------------
 
 class ServerManager:
-    """``count`` servers: launched from ``executable`` (ports allocated here, GPUs round-robin) or the given
-    external ``hosts``. Start them all, find dead ones, restart one, stop all."""
+    """``count`` servers: launched from ``executable`` (ports allocated here, graphics adapters round-robin) or the
+    given external ``hosts``. Start them all, find dead ones, restart one, stop all."""
 
     def __init__(self, count: int, *, executable: str | os.PathLike | None = None, hosts: Sequence[str] = (),
-                 gpus: Sequence[int] = (), rpc_base: int = 2000, stride: int = 4, tm_base: int = 8000,
+                 adapters: Sequence[int] = (), rpc_base: int = 2000, stride: int = 4, tm_base: int = 8000,
                  extra_args: Sequence[str] = (), start_timeout_s: float = 120.0,
                  health_check: HealthCheck = carla_health_check, log_dir: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None):
@@ -359,7 +361,7 @@ class ServerManager:
         if executable is None and len(hosts) < count:
             raise ServerStartError(f"env.hosts lists {len(hosts)} servers but {count} worlds need {count} (one ego per "
                                    "server): list more host:port pairs, or lower env.num_services")
-        self.count, self.executable, self.gpus = count, executable, tuple(gpus)
+        self.count, self.executable, self.adapters = count, executable, tuple(adapters)
         self.rpc_base, self.stride, self.tm_base = rpc_base, stride, tm_base
         self.extra_args, self.start_timeout_s = tuple(extra_args), start_timeout_s
         self.health_check, self.log_dir, self.env = health_check, log_dir, env
@@ -371,7 +373,9 @@ class ServerManager:
     def from_config(cls, config: CarlaConfig, count: int, start_timeout_s: float = 120.0,
                     health_check: HealthCheck = carla_health_check) -> ServerManager:
         executable = None if config.hosts else resolve_carla_root(config.carla_root)
-        return cls(count, executable=executable, hosts=config.hosts, gpus=config.gpus, rpc_base=config.port,
+        # env.gpus are CUDA ids: mapped to graphics adapters (nvidia-smi), unless env.graphics_adapters gives them
+        adapters = [] if config.hosts else graphics_adapters(config.gpus, config.graphics_adapters)
+        return cls(count, executable=executable, hosts=config.hosts, adapters=adapters, rpc_base=config.port,
                    stride=config.port_stride, tm_base=config.traffic_manager_port, extra_args=config.server_args,
                    start_timeout_s=start_timeout_s, health_check=health_check, log_dir=config.log_dir)
 
@@ -386,7 +390,8 @@ class ServerManager:
     def _make(self, index: int) -> CarlaServer:
         if self.launched:
             (ports,) = allocate_ports(1, rpc_base=self.rpc_base, stride=self.stride, tm_base=self.tm_base)
-            return CarlaServer(index, "127.0.0.1", ports, executable=self.executable, gpu=gpu_for(index, self.gpus),
+            return CarlaServer(index, "127.0.0.1", ports, executable=self.executable,
+                               adapter=adapter_for(index, self.adapters),
                                extra_args=self.extra_args, log_dir=self.log_dir, env=self.env)
         host, rpc = self.hosts[index]
         (ports,) = allocate_ports(1, tm_base=self.tm_base, rpc_ports=[rpc])

@@ -229,6 +229,13 @@ class RouteData:
         s = np.clip(np.asarray(s, dtype=np.float64), 0.0, self.length)
         return np.stack([np.interp(s, self.s, self.points[:, 0]), np.interp(s, self.s, self.points[:, 1])], axis=-1)
 
+    def heading_at(self, s: np.ndarray) -> np.ndarray:
+        """Right-handed headings (rad) [N] of the route's segments at arc lengths ``s`` [N] (clamped)."""
+        segment = np.clip(np.searchsorted(self.s, np.asarray(s, dtype=np.float64), side="right") - 1, 0,
+                          len(self.s) - 2)
+        delta = self.points[segment + 1] - self.points[segment]
+        return np.arctan2(delta[..., 1], delta[..., 0])
+
 
 def project_onto_route(route: RouteData, x: float, y: float, yaw: float, s_previous: float | None
                        ) -> tuple[float, float, float]:

@@ -73,6 +73,7 @@ from envs.carla.lights import (
     scheduled_states,
     stop_lines_for_light,
 )
+from envs.carla.raster import MapRaster, build_map_raster, lane_lines_from_graph
 from envs.carla.routes import (
     LaneGraph,
     Route,
@@ -195,6 +196,7 @@ class TownData:
         self.route_specs = {kind: load_route_file(path, config.town) for kind, path in self.route_files.items()
                             if path}
         self._graph: LaneGraph | None = None
+        self._raster: MapRaster | None = None
         self._routes: dict[tuple[int, int], PlannedRoute] = {}
         self._lock = threading.Lock()
 
@@ -207,6 +209,15 @@ class TownData:
         if self._graph is None:
             self._graph = LaneGraph(self.map, self.config.planner_resolution_m, self.config.lane_change_cost_m)
         return self._graph
+
+    @property
+    def raster(self) -> MapRaster:
+        """The map's layers of the bird's-eye raster (drivable area, markings, stop lines; envs.carla.raster),
+        drawn from the lane graph the first time a raster is asked for."""
+        with self._lock:
+            if self._raster is None:
+                self._raster = build_map_raster(lane_lines_from_graph(self.graph), self.stop_lines, self.num_lights)
+            return self._raster
 
     def route_key(self, episode_seed: int, attempt: int = 0) -> tuple[int, int]:
         """(kind, id) of the route episode ``episode_seed`` drives (``attempt`` > 0 after a failed spawn)."""

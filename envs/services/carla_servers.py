@@ -10,7 +10,10 @@ state), serialise their ticks, and let a dead server hang the other. So each ser
 * **Servers per service.** Service ``i`` launches its own server (from ``carla_root``) on ports searched from
   ``port + i * port_stride * PORT_BLOCKS`` and a traffic-manager port from
   ``traffic_manager_port + i * PORT_BLOCKS``, so services never race for a port; with ``env.hosts`` it
-  connects to ``hosts[i]``; with ``env.gpus`` it takes ``gpus[i % len(gpus)]``.
+  connects to ``hosts[i]``; with ``env.gpus`` (CUDA device ids) it takes ``gpus[i % len(gpus)]``, launched on
+  that GPU's graphics adapter. The parent maps the CUDA ids to adapters once, before any service starts
+  (:func:`envs.carla.gpus.graphics_adapters`: by PCI bus id through nvidia-smi, or ``env.graphics_adapters``
+  as given), so a GPU that does not exist, or a machine without nvidia-smi, is one error line at start.
 * **Failures.** A server that dies is restarted inside its service (its world reports
   ``info["service_failed"]``). A service that dies or hangs past ``env.call_timeout_s`` is restarted by
   :class:`~envs.services.multi.MultiServiceBackend`; the process groups of the servers it had launched (it
@@ -28,11 +31,13 @@ state), serialise their ticks, and let a dead server hang the other. So each ser
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from envs.api import BackendError, ServiceFailure, Snapshot, WorldIds, as_world_ids
+from envs.carla.gpus import graphics_adapters
 from envs.services.multi import MultiServiceBackend, _serialised
 from envs.services.process import ProcessService
 
@@ -40,8 +45,10 @@ LOGGER = logging.getLogger("envs.carla")
 PORT_BLOCKS = 16  # port blocks (of port_stride RPC ports, and traffic-manager ports) reserved per service
 
 
-def service_env_config(flat: dict[str, Any], index: int) -> dict[str, Any]:
-    """The flat env config service ``index`` builds its one-world backend from (see the module docstring)."""
+def service_env_config(flat: dict[str, Any], index: int, adapters: Sequence[int] = ()) -> dict[str, Any]:
+    """The flat env config service ``index`` builds its one-world backend from (see the module docstring);
+    ``adapters``: the graphics adapters of launched servers, one per service slot round-robin (the mapping of
+    ``env.gpus``, :func:`launch_adapters`)."""
     out = dict(flat, num_worlds=1, num_services=1, launcher="local", worlds_per_service=1,
                drift_check_every=0)  # drift is measured across servers, here in the parent
     if flat.get("hosts"):
@@ -50,7 +57,17 @@ def service_env_config(flat: dict[str, Any], index: int) -> dict[str, Any]:
     out["traffic_manager_port"] = int(flat["traffic_manager_port"]) + index * PORT_BLOCKS
     if flat.get("gpus"):
         out["gpus"] = [flat["gpus"][index % len(flat["gpus"])]]
+    if adapters:  # mapped here: the service uses the adapter as given and never asks nvidia-smi itself
+        out["graphics_adapters"] = [int(adapters[index % len(adapters)])]
     return out
+
+
+def launch_adapters(flat: dict[str, Any]) -> list[int]:
+    """The graphics adapters launched servers take round-robin: ``env.graphics_adapters``, else ``env.gpus`` (CUDA
+    ids) mapped by PCI bus id; none for servers in ``env.hosts`` (they run where they run)."""
+    if flat.get("hosts"):
+        return []
+    return graphics_adapters(list(flat.get("gpus") or []), list(flat.get("graphics_adapters") or []))
 
 
 class CarlaServiceBackend(MultiServiceBackend):
@@ -66,12 +83,13 @@ class CarlaServiceBackend(MultiServiceBackend):
         self.drift = None
         self._snapshots_taken = 0
         self._groups: dict[int, list[int]] = {}  # service index -> process groups of the servers it launched
+        adapters = launch_adapters(flat)  # before any service starts: a GPU that is not there is one error line
         # A service starts its server and loads the map before it answers: allow for both.
         start_timeout_s = services.start_timeout_s + 2 * float(flat["client_timeout_s"]) + 30.0
 
         def factory(index: int, count: int) -> ProcessService:
             self._reap(index)  # a previous service of this index may have died with its server still running
-            service = ProcessService(index, service_env_config(flat, index), count, threads=1,
+            service = ProcessService(index, service_env_config(flat, index, adapters), count, threads=1,
                                      start_timeout_s=start_timeout_s, call_timeout_s=services.call_timeout_s).start()
             self._groups[index] = list(service.description.get("process_groups", []))
             return service
@@ -150,4 +168,4 @@ def start_carla_services(flat: dict[str, Any], num_worlds: int, services) -> Car
     return CarlaServiceBackend(flat, num_worlds, services)
 
 
-__all__ = ["PORT_BLOCKS", "CarlaServiceBackend", "service_env_config", "start_carla_services"]
+__all__ = ["PORT_BLOCKS", "CarlaServiceBackend", "launch_adapters", "service_env_config", "start_carla_services"]

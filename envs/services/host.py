@@ -62,6 +62,9 @@ class ServiceHost:
         if method == "observe":
             (ids,) = args
             return backend.observe(ids).cpu().numpy()
+        if method == "observe_raster":  # uint8 [len(ids), C, S, S]; only where describe() says it renders them
+            (ids,) = args
+            return backend.observe_raster(ids).cpu().numpy()
         if method == "snapshot":
             (ids,) = args
             return backend.snapshot(ids).to_bytes()

@@ -16,9 +16,9 @@ console and in the run's log; stderr where logging is not configured). What the 
 * ``step``: the worlds of a service that failed, or that was restarted while idle, report
   ``info["service_failed"] = True``, reward 0 and ``terminated`` True for that step, so the rollout drops the
   groups they belonged to (it counts them) and training goes on.
-* ``snapshot``, ``observe`` and ``clone`` need the lost state: they raise :class:`ServiceFailure` (the service
-  has been restarted by then), and so does ``snapshot`` of a world whose service was restarted since it was
-  last reset, restored or stepped.
+* ``snapshot``, ``observe``, ``observe_raster`` and ``clone`` need the lost state: they raise
+  :class:`ServiceFailure` (the service has been restarted by then), and so does ``snapshot`` of a world whose
+  service was restarted since it was last reset, restored or stepped.
 
 ``restarts`` counts the service processes started to replace failed ones; ``metrics()`` reports it.
 

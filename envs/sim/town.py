@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.driving.raster import disc_cells
+
 POINT_SPACING_M = 1.0
 """Lane centre lines are resampled evenly at this arc-length spacing or just below it (each lane gets a
 whole number of equal segments), so point index = s / (lane_length / (lane_num_points - 1))."""
@@ -255,18 +257,9 @@ def _stamp(raster: np.ndarray, centres: np.ndarray, radius: float, bit: int, ori
     """Set ``bit`` in every cell whose centre lies within ``radius`` of any of ``centres`` [n, 2]."""
     if len(centres) == 0:
         return
-    reach = int(np.ceil(radius / res)) + 1
-    offsets = np.arange(-reach, reach + 1)
+    rows, cols = disc_cells(centres, radius, origin, res)
     height, width = raster.shape
-    col0 = np.floor((centres[:, 0] - origin[0]) / res).astype(np.int64)
-    row0 = np.floor((centres[:, 1] - origin[1]) / res).astype(np.int64)
-    shape = (len(centres), len(offsets), len(offsets))
-    rows = np.broadcast_to(row0[:, None, None] + offsets[None, :, None], shape)
-    cols = np.broadcast_to(col0[:, None, None] + offsets[None, None, :], shape)
-    cell_x = origin[0] + (cols + 0.5) * res
-    cell_y = origin[1] + (rows + 0.5) * res
-    inside = (cell_x - centres[:, 0, None, None]) ** 2 + (cell_y - centres[:, 1, None, None]) ** 2 <= radius**2
-    inside &= (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     raster[rows[inside], cols[inside]] |= bit
 
 

@@ -14,13 +14,15 @@ import math
 import numpy as np
 
 from envs.carla.lights import StopLines
+from envs.carla.raster import LaneLine, build_map_raster
 from envs.carla.routes import Route, polyline_yaw
 from envs.carla.state import ActorStates, StepEvents, advance_episode, start_episode
 from envs.carla.world import PlannedRoute, route_data
 
 
 class FakeTown:
-    """A town with straight 200 m routes, one per lane offset, and no lights."""
+    """A town with straight 200 m routes along +x, one per 4 m wide lane (at CARLA y = 0, 4 and 8), and no stop
+    lines; its raster layers (``raster``) are drawn from those lanes by the real map rasteriser."""
 
     vehicle_blueprints = ["vehicle.lincoln.mkz_2020", "vehicle.tesla.model3"]
     walker_blueprints: list[str] = []
@@ -30,6 +32,18 @@ class FakeTown:
 
     def route_key(self, episode_seed, attempt=0):
         return 0, episode_seed % 3
+
+    _rasters: dict = {}  # light count -> raster layers (a subclass may have other lights)
+
+    @property
+    def raster(self):
+        lights = len(self.light_keys)
+        if lights not in FakeTown._rasters:
+            x = np.arange(0.0, 201.0, 10.0)
+            lanes = [LaneLine(np.stack([x, np.full_like(x, -4.0 * lane)], axis=1), np.full(len(x), 4.0))
+                     for lane in range(3)]  # right-handed: CARLA's y changes sign
+            FakeTown._rasters[lights] = build_map_raster(lanes, self.stop_lines, lights)
+        return FakeTown._rasters[lights]
 
     def route(self, kind, route_id):
         x = np.arange(0.0, 201.0)

@@ -161,8 +161,8 @@ def test_actor_positions_mark_empty_slots():
 @pytest.mark.slow
 def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root):
     """train.py's path with env=carla: factory -> one service process per server (stand-in CarlaUE4.sh
-    servers, stand-in worlds) -> rollout in waves -> drift between servers logged -> periodic evaluation on
-    the same servers -> checkpoint."""
+    servers, stand-in worlds) -> rollout in waves, with a CNN policy reading the rasters each service draws
+    -> drift between servers logged -> periodic evaluation on the same servers -> checkpoint."""
     from grpo.checkpoint import load_checkpoint
     from grpo.config import train_config_from_dict
     from grpo.trainer import Trainer
@@ -171,9 +171,10 @@ def test_the_trainer_runs_on_the_carla_backend_in_waves(tmp_path, stand_in_root)
         "run_name": "carla", "seed": 0,
         "env": {"backend": "carla", "num_services": 2, "worlds_per_service": 1, "drift_check_every": 3,
                 "drift_check_steps": 4, "carla_root": str(stand_in_root), "log_dir": str(tmp_path / "servers"),
-                "world_class": "tests.envs.carla.stand_ins:FakeWorld", "traffic": {"num_vehicles": 2}},
+                "world_class": "tests.envs.carla.stand_ins:FakeWorld", "traffic": {"num_vehicles": 2},
+                "raster_size": 16},
         "grpo": {"iterations": 2, "num_trunks": 2, "group_size": 2, "branch_horizon": 5, "num_minibatches": 2},
-        "policy": {"hidden_sizes": [16, 16]},
+        "policy": {"kind": "cnn", "hidden_sizes": [16, 16], "raster_size": 16, "conv_channels": [4, 4, 4]},
         "eval": {"every": 2, "num_routes": 3, "max_steps": 5},  # on the trainer's own servers, in 2 waves
         "pretrain": {"updates": 0},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1},

@@ -29,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,24 @@ class TestTwoServers:
         assert summary["drift/restore_error_ego_m"] < RESTORE_EGO_M
         assert summary["drift/ego_max_m"] < DRIFT_EGO_M
         assert summary["drift/actors_max_m"] < DRIFT_ACTORS_M
+
+
+    def test_the_raster_is_drawn_from_the_map_and_follows_a_restore(self, pair):
+        pair.reset([41, 42])
+        drive(pair, 20)
+        started = time.monotonic()
+        raster = pair.observe_raster()  # the first one builds each service's map layers
+        print(f"first raster (map layers of {TOWN} built): {time.monotonic() - started:.2f} s")
+        centre = raster.shape[-1] // 2
+        assert raster.shape == (2, 6, 64, 64) and raster.dtype == torch.uint8
+        assert (raster[:, 0, centre, centre] == 255).all()  # each ego stands on a driving lane
+        assert raster[:, 2, centre - 4:centre, centre - 2:centre + 3].flatten(1).any(1).all()  # its route ahead
+        assert raster[:, 1].flatten(1).any(1).all()  # lane markings around it
+        pair.restore(pair.snapshot([0]), [1])
+        restored = pair.observe_raster()
+        agree = float((restored[0] == restored[1]).float().mean())
+        print(f"raster agreement after a restore onto the other server: {agree:.4f}")
+        assert agree > 0.98  # the read-back lands within centimetres: a few boundary pixels differ at most
 
 
 def test_live_snapshot_contract():

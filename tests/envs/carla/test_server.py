@@ -16,9 +16,9 @@ from envs.carla.server import (
     ServerManager,
     ServerPorts,
     ServerStartError,
+    adapter_for,
     allocate_ports,
     carla_health_check,
-    gpu_for,
     port_is_free,
     release_ports,
     resolve_carla_root,
@@ -32,16 +32,16 @@ pytest.importorskip("carla")  # the health check is a real CARLA client
 
 def test_command_line():
     ports = ServerPorts(3000, 3001, 3002, 8005)
-    command = server_command("/opt/carla/CarlaUE4.sh", ports, gpu=1, extra_args=["-quality-level=Low"])
+    command = server_command("/opt/carla/CarlaUE4.sh", ports, adapter=1, extra_args=["-quality-level=Low"])
     assert command == ["/opt/carla/CarlaUE4.sh", "-RenderOffScreen", "-nosound", "-carla-rpc-port=3000",
                        "-carla-streaming-port=3001", "-carla-secondary-port=3002", "-graphicsadapter=1",
                        "-quality-level=Low"]
     assert "-graphicsadapter" not in " ".join(server_command("x", ports))
 
 
-def test_gpus_round_robin():
-    assert [gpu_for(i, [0, 1, 2]) for i in range(5)] == [0, 1, 2, 0, 1]
-    assert gpu_for(3, []) is None
+def test_graphics_adapters_round_robin():
+    assert [adapter_for(i, [0, 1, 2]) for i in range(5)] == [0, 1, 2, 0, 1]
+    assert adapter_for(3, []) is None
 
 
 def test_ports_skip_busy_ones_and_never_clash():
@@ -102,8 +102,8 @@ def _record(root, ports):
 
 def _manager(stand_in_root, count=2, **kwargs):
     base = free_port_base()
-    config = CarlaConfig(carla_root=str(stand_in_root), gpus=[0, 1], port=base, traffic_manager_port=base + 1000,
-                         log_dir=str(stand_in_root.parent / "logs"))
+    config = CarlaConfig(carla_root=str(stand_in_root), graphics_adapters=[0, 1], port=base,
+                         traffic_manager_port=base + 1000, log_dir=str(stand_in_root.parent / "logs"))
     return ServerManager.from_config(config, count, start_timeout_s=20.0, **kwargs)
 
 
@@ -112,7 +112,7 @@ def test_lifecycle_start_crash_restart_and_clean_shutdown(stand_in_root):
     try:
         first, second = manager.servers
         records = [_record(stand_in_root, server.ports) for server in manager.servers]
-        # command lines: ports of their own, GPUs round-robin, each server leads its own process group
+        # command lines: ports of their own, graphics adapters round-robin, each server leads its own process group
         assert first.ports.rpc != second.ports.rpc
         assert {first.ports.traffic_manager, second.ports.traffic_manager} & {*first.ports.server_ports,
                                                                               *second.ports.server_ports} == set()

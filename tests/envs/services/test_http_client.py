@@ -73,6 +73,7 @@ def test_two_services_branch_across_each_other_like_an_in_process_simulator(url)
             expected = local.step(forward[:1])
         assert torch.equal(expected.observation[0], result.observation[3])
         assert torch.equal(expected.reward[0], result.reward[3])
+        assert torch.equal(backend.observe_raster([3]), local.observe_raster([0]))  # rasters travel over HTTP too
     finally:
         backend.close()
 

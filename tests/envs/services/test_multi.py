@@ -62,6 +62,14 @@ def test_cross_service_restore_equals_in_service_restore(backend):
     assert torch.equal(local_result.observation[0], result.observation[4])
 
 
+def test_rasters_cross_the_process_boundary_when_the_backend_draws_them(backend):
+    backend.reset(3)
+    local = DrivingSim(SimConfig(num_worlds=2, **STRAIGHT))
+    local.restore(backend.snapshot([4, 0]))
+    raster = backend.observe_raster([4, 0])  # worlds of both services, in the order asked for
+    assert raster.dtype == torch.uint8 and torch.equal(raster, local.observe_raster())
+
+
 def test_same_episodes_whatever_the_number_of_services():
     one = build_backend(services(num_services=2), num_worlds=4)
     two = build_backend(services(num_services=4), num_worlds=4)
