@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> float:
             print(notice)
         summary = write_report(evaluation.results, config.output_dir(), context=evaluation.context())
         print(summary_table(evaluation.results))
-        print(f"\n{evaluation.suite.num_routes} held-out routes; report in {summary.parent}")
+        episodes = "evaluation episodes" if evaluation.env.backend == "gym" else "held-out routes"
+        print(f"\n{evaluation.suite.num_routes} {episodes}; report in {summary.parent}")
         if config.report.log_run:
             for notice in log_to_run(evaluation, summary.parent):
                 print(notice)

@@ -2,7 +2,8 @@
 
 Every seed the project derives comes from it: the episode seeds of ``Backend.reset(int)``
 (:func:`envs.api.derive_episode_seeds`, in every backend and service), the trainer's trunk and warm-start episode
-seeds, the gymnasium adapters' per-world seeds, and the built-in simulator's counter-based world randomness
+seeds, the gymnasium adapters' per-world seeds, CARLA's traffic-manager, pedestrian and route seeds
+(``envs.carla.world.mix_seed``), and the built-in simulator's counter-based world randomness
 (:mod:`envs.sim.rng` builds on it). Nothing here touches a process-global generator.
 
 The bottom layer of ``envs``: it imports nothing of the project.

@@ -160,7 +160,7 @@ class Trainer:
                 while self.iteration < self.config.grpo.iterations:
                     metrics = self.train_iteration()
                     if progress is not None:  # the figures shown belong to the iteration just counted
-                        progress.set_postfix(_key_figures(metrics), refresh=False)
+                        progress.set_postfix(_key_figures(metrics, self.backend.spec.driving), refresh=False)
                         progress.update(1)
                     if self.stop_requested:
                         raise Interrupted(save_checkpoint(self.state_dict(), self.checkpoints.last), self.iteration)
@@ -487,8 +487,11 @@ def _due(iteration: int, every: int) -> bool:
     return every > 0 and iteration > 0 and iteration % every == 0
 
 
-def _key_figures(metrics: dict[str, float]) -> dict[str, str]:
-    keys = {"reward/mean": "R", "eval/driving_score": "DS", "kl": "kl", "perf/env_steps_per_s": "sps"}
+def _key_figures(metrics: dict[str, float], driving: bool = True) -> dict[str, str]:
+    """The progress bar's figures: reward, the evaluation's driving score (a Box env's mean return: it has no
+    routes), KL, throughput, and service failures once there are any."""
+    evaluation = {"eval/driving_score": "DS"} if driving else {"eval/return": "eval_return"}
+    keys = {"reward/mean": "R", **evaluation, "kl": "kl", "perf/env_steps_per_s": "sps"}
     figures = {short: f"{metrics[name]:.3g}" for name, short in keys.items() if name in metrics}
     for name, short in (("services/restarts", "restarts"), ("groups/dropped_service_failure", "dropped")):
         if metrics.get(name):  # shown once a service has failed

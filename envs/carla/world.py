@@ -98,6 +98,7 @@ from envs.carla.state import (
     vehicle_keys,
     walker_keys,
 )
+from envs.seeding import mix
 
 ROUTE_PLANNED, ROUTE_FILE, ROUTE_EVAL_FILE = 0, 1, 2
 EVAL_SEED_SALT = 0xE7A1  # mixed into planning seeds on split=eval: evaluation routes are not training routes
@@ -110,16 +111,10 @@ OUR_ROLES = ("hero", "traffic_", "walker_", *SENSOR_ROLES)
 
 
 def mix_seed(*parts: int) -> int:
-    """A 31-bit seed from integers (splitmix-style), the same in every process: for the traffic manager and
-    numpy generators."""
-    mask = 0xFFFFFFFFFFFFFFFF
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value ^= ((int(part) & mask) + 0x9E3779B97F4A7C15 + ((value << 6) & mask) + (value >> 2)) & mask
-        value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & mask
-        value = (value ^ (value >> 27)) * 0x94D049BB133111EB & mask
-        value ^= value >> 31
-    return int(value & 0x7FFFFFFF)
+    """A 31-bit seed from integers, the same in every process: for the traffic manager and numpy generators.
+    The project's one mixer (:func:`envs.seeding.mix`) over each part's low and high 32-bit words."""
+    words = [word for part in parts for word in (int(part) & 0xFFFFFFFF, (int(part) >> 32) & 0xFFFFFFFF)]
+    return int(mix(*words)) & 0x7FFFFFFF
 
 
 def world_settings_values(config: CarlaConfig) -> dict:

@@ -331,3 +331,11 @@ def test_an_unwritable_output_folder_is_named_before_any_work(tmp_path):
     config = quiet_config(tmp_path, logger={"log_dir": str(blocked)})
     with pytest.raises(ConfigError, match=r"logger.log_dir: cannot write to"):
         Trainer(config)
+
+
+def test_the_progress_bar_shows_a_box_envs_evaluation_return_not_a_driving_score():
+    from grpo.trainer import _key_figures
+
+    metrics = {"reward/mean": 1.0, "eval/driving_score": 0.0, "eval/return": -160.0}
+    assert _key_figures(metrics, driving=False) == {"R": "1", "eval_return": "-160"}
+    assert _key_figures(metrics) == {"R": "1", "DS": "0"}
