@@ -47,6 +47,7 @@ from envs.sim.collision import boxes_overlap, disc_box_overlap
 from envs.sim.config import SimConfig
 from envs.sim.dynamics import bicycle_step, wrap_angle
 from envs.sim.lights import light_states
+from envs.sim.memory import retain_freed_memory
 from envs.sim.ops import select, select_int
 from envs.sim.pedestrians import Pedestrians, spawn_pedestrian, walk
 from envs.sim.raster import RasterObserver
@@ -140,6 +141,8 @@ class DrivingSim(BackendBase):
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("env.device is 'cuda' but torch sees no CUDA device; use env.device=cpu")
+        if self.device.type == "cpu":
+            retain_freed_memory()  # the step's temporaries stay in the heap instead of page-faulting back in
         self.layout = OBSERVATION_LAYOUT
         self._hazards = ExpertDriver(vehicle=config.vehicle, layout=self.layout)  # obstacle shaping of the reward
         # a world without traffic or pedestrians has no obstacles: the shaping is skipped, to the same reward
